@@ -1,0 +1,46 @@
+"""Packaging: the repository root is the ``ovos_skill_persona_fallback`` package."""
+from setuptools import setup
+
+PACKAGE = "ovos_skill_persona_fallback"
+SKILL_ID = "ovos-skill-persona-fallback.openpersona"
+SUB_PACKAGES = ["solvers"]
+
+setup(
+    name="ovos-skill-persona-fallback",
+    version="0.1.0",
+    description="OVOS fallback skill that answers through a persona: a chain of LLM and offline solvers",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=[PACKAGE] + [f"{PACKAGE}.{sub}" for sub in SUB_PACKAGES],
+    package_dir={PACKAGE: "."} | {f"{PACKAGE}.{sub}": sub for sub in SUB_PACKAGES},
+    package_data={PACKAGE: ["locale/*/*", "personas/*", "settingsmeta.yaml"]},
+    include_package_data=False,
+    install_requires=[
+        "ovos-core>=2.1.1,<2.2",
+        "ovos-workshop>=7.0.6,<8",
+        "ovos-bus-client>=1.5,<2",
+        "ovos-plugin-manager>=2.2,<3",
+        "ovos-utils>=0.8.5,<0.9",
+        "ovos-config>=1.2,<2",
+        "langcodes>=3.3,<4",
+        "pyyaml>=6,<7",
+        "requests>=2.28,<3",
+        "rivescript>=1.15,<2",
+    ],
+    extras_require={
+        "llama": ["llama-cpp-python>=0.3.16,<0.4"],
+        "test": [
+            "pytest>=8,<10",
+            "pytest-timeout>=2.3,<3",
+            "hypothesis>=6.100,<7",
+            "gguf>=0.17,<0.20",
+            "ovos-messagebus>=0.0.10,<0.1",
+            "ovoscope>=0.13,<0.14",
+            "ovos-solver-failure-plugin>=0.0.3,<0.1",
+        ],
+    },
+    entry_points={
+        "ovos.plugin.skill": [f"{SKILL_ID}={PACKAGE}:PersonaFallbackSkill"],
+        "console_scripts": [f"persona-fallback={PACKAGE}.cli:main"],
+    },
+)

@@ -1,0 +1,63 @@
+"""Builds the chat sent to solvers: one system message, the remembered turns, the new question.
+
+The system message is system_prompt, then context, then the conversation's injected context,
+blank-line separated with empty parts skipped. It must stay byte-identical between the turns of a
+conversation so a local model reuses its cache, so ``{date}`` and ``{time}`` are those of the
+conversation's first remembered turn, not of each question.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import List, Optional, Sequence
+
+from .memory import Turn
+from .persona import Persona, fill_placeholders
+from .solvers.base import ChatMessage, Role
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """What is known of who is asking; every field may be empty."""
+
+    name: str = ""
+    location: str = ""
+
+
+def placeholder_values(persona: Persona, speaker: Speaker, lang: str, started_at: float) -> dict:
+    """Return the values for the persona placeholders at a conversation start time."""
+    moment = datetime.fromtimestamp(started_at)
+    return {
+        "name": persona.name,
+        "user": speaker.name,
+        "location": speaker.location,
+        "date": moment.strftime("%Y-%m-%d"),
+        "time": moment.strftime("%H:%M"),
+        "lang": lang,
+    }
+
+
+def system_text(persona: Persona, injected_context: str, values: dict) -> str:
+    """Return the system message text (placeholders filled; injected context verbatim)."""
+    parts = [fill_placeholders(persona.system_prompt, values).strip(),
+             fill_placeholders(persona.context, values).strip(),
+             injected_context.strip()]
+    return "\n\n".join(part for part in parts if part)
+
+
+def build_messages(persona: Persona, history: Sequence[Turn], question: str, *,
+                   injected_context: str = "", speaker: Optional[Speaker] = None, lang: str = "",
+                   now: float = 0.0) -> List[ChatMessage]:
+    """Return the full chat for chat solvers: system, remembered turns, then the new question."""
+    started_at = history[0].created_at if history else now
+    values = placeholder_values(persona, speaker or Speaker(), lang or persona.lang, started_at)
+    messages: List[ChatMessage] = []
+    system = system_text(persona, injected_context, values)
+    if system:
+        messages.append(ChatMessage(Role.SYSTEM, system))
+    for turn in history:
+        messages.append(ChatMessage(Role.USER, turn.question))
+        if turn.answer:
+            messages.append(ChatMessage(Role.ASSISTANT, turn.answer))
+    messages.append(ChatMessage(Role.USER, question))
+    return messages

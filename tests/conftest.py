@@ -1,0 +1,144 @@
+"""Shared fixtures: a queue-driven scripted solver and an engine wired to it."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence
+
+import pytest
+
+from ovos_skill_persona_fallback.memory import ConversationMemory
+from ovos_skill_persona_fallback.persona import Persona
+from ovos_skill_persona_fallback.solvers.base import (CancelToken, ChatMessage, Solver, SolverContext,
+                                                      SolverError)
+
+
+@dataclass
+class Reply:
+    """One scripted answer: chunks with delays, or an error after some chunks."""
+
+    chunks: Sequence[str] = ()
+    first_delay: float = 0.0
+    delay: float = 0.0
+    error: Optional[BaseException] = None
+    endless: bool = False
+
+
+@dataclass
+class Call:
+    """What one stream() call received."""
+
+    messages: List[ChatMessage]
+    lang: str
+    conversation_id: str
+
+
+class ScriptedSolver(Solver):
+    """Answers from a queue of scripted replies and records every call and every chunk produced."""
+
+    def __init__(self, solver_id: str = "scripted", *, supports_history: bool = True,
+                 supported_langs: Optional[FrozenSet[str]] = None) -> None:
+        super().__init__({}, SolverContext())
+        self.solver_id = solver_id
+        self.supports_history = supports_history
+        self.supported_langs = supported_langs
+        self.replies: deque = deque()
+        self.calls: List[Call] = []
+        self.produced = 0
+        self.stopped_at: Optional[float] = None
+        self.forgotten: List[str] = []
+        self.done = threading.Event()
+
+    def enqueue(self, *chunks: str, **options) -> "ScriptedSolver":
+        """Queue one reply; options as in ``Reply``."""
+        self.replies.append(Reply(chunks=chunks, **options))
+        return self
+
+    def stream(self, messages: Sequence[ChatMessage], *, lang: str, cancel: CancelToken,
+               conversation_id: str = "") -> Iterator[str]:
+        self.calls.append(Call(list(messages), lang, conversation_id))
+        reply = self.replies.popleft() if self.replies else Reply()
+        self.done.clear()
+        try:
+            if reply.first_delay and cancel.wait(reply.first_delay):
+                self.stopped_at = time.monotonic()
+                return
+            index = 0
+            while reply.endless or index < len(reply.chunks):
+                if cancel.cancelled:
+                    self.stopped_at = time.monotonic()
+                    return
+                chunk = reply.chunks[index % len(reply.chunks)] if reply.chunks else "x "
+                self.produced += 1
+                index += 1
+                yield chunk
+                if reply.delay and cancel.wait(reply.delay):
+                    self.stopped_at = time.monotonic()
+                    return
+            if reply.error is not None:
+                raise reply.error
+        finally:
+            self.done.set()
+
+    def forget(self, conversation_id: str) -> None:
+        self.forgotten.append(conversation_id)
+
+
+class SolverBox:
+    """Hands the engine scripted solvers by id (a solver_factory)."""
+
+    def __init__(self) -> None:
+        self.solvers: Dict[str, ScriptedSolver] = {}
+
+    def add(self, solver_id: str, **options) -> ScriptedSolver:
+        solver = ScriptedSolver(solver_id, **options)
+        self.solvers[solver_id] = solver
+        return solver
+
+    def __call__(self, solver_id: str, config, context) -> Solver:
+        if solver_id not in self.solvers:
+            raise SolverError(f"no scripted solver {solver_id}")
+        return self.solvers[solver_id]
+
+    def ids(self) -> FrozenSet[str]:
+        return frozenset(self.solvers)
+
+
+@pytest.fixture
+def box() -> SolverBox:
+    return SolverBox()
+
+
+@pytest.fixture
+def memory() -> Iterator[ConversationMemory]:
+    store = ConversationMemory(":memory:")
+    yield store
+    store.close()
+
+
+def make_persona(name: str = "Ada", solvers: Sequence[str] = ("scripted",), **fields) -> Persona:
+    """Build a persona directly (no file)."""
+    return Persona(name=name, solvers=tuple(solvers), **fields)
+
+
+@pytest.fixture
+def engine_with(box: SolverBox, memory: ConversationMemory):
+    """Return a function building an engine holding the given personas and the scripted solvers."""
+    from ovos_skill_persona_fallback.engine import PersonaEngine
+
+    engines: List[PersonaEngine] = []
+
+    def build(*personas: Persona, **options) -> PersonaEngine:
+        engine = PersonaEngine(include_shipped=False, memory=memory, solver_factory=box,
+                               known_solvers=None, default_persona=personas[0].name if personas else "",
+                               **options)
+        for persona in personas:
+            engine.add_persona(persona)
+        engines.append(engine)
+        return engine
+
+    yield build
+    for engine in engines:
+        engine.close()

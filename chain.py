@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, T
 
 from ovos_utils.log import LOG
 
-from .solvers.base import (CancelToken, ChatMessage, Role, Solver, SolverCancelled, SolverError,
+from .solvers.base import (CancelToken, ChatMessage, Role, Solver, SolverError,
                            SolverTimeout, last_user_text)
 
 DEFAULT_FIRST_CHUNK_TIMEOUT = 30.0
@@ -193,6 +193,9 @@ class SolverChain:
                     kind, value = out.get(timeout=min(POLL_SECONDS, limit - elapsed))
                 except queue.Empty:
                     continue
+                if cancel.cancelled:
+                    result.cancelled = True
+                    return
                 if kind == _CHUNK:
                     if not got_text:
                         got_text = True
@@ -205,9 +208,6 @@ class SolverChain:
                             link.solver_id, SolverError(f"{link.solver_id} gave no answer")))
                     return
                 else:
-                    if isinstance(value, SolverCancelled) and cancel.cancelled:
-                        result.cancelled = True
-                        return
                     if not isinstance(value, Exception):
                         value = SolverError(f"{link.solver_id} worker died: {value!r}")
                     raise value

@@ -1,0 +1,158 @@
+"""Conversation memory: bounds, isolation, persistence, context, concurrency, damaged files."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+
+import pytest
+
+from ovos_skill_persona_fallback.memory import MAX_CONTEXT_ENTRIES, ConversationMemory, Turn
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_turns_are_kept_oldest_first_and_bounded_by_max_turns():
+    store = ConversationMemory(":memory:")
+    for index in range(5):
+        store.record("s", "Ada", f"q{index}", f"a{index}", max_turns=3)
+    history = store.history("s", "Ada", max_turns=3)
+    assert [(t.question, t.answer) for t in history] == [("q2", "a2"), ("q3", "a3"), ("q4", "a4")]
+    assert store.count_turns() == 3, "old turns must be deleted, not only hidden"
+
+
+def test_max_age_prunes_old_turns():
+    clock = Clock()
+    store = ConversationMemory(":memory:", clock=clock)
+    store.record("s", "Ada", "old", "a", max_turns=10, max_age_minutes=10)
+    clock.now += 11 * 60
+    assert store.history("s", "Ada", max_turns=10, max_age_minutes=10) == []
+    store.record("s", "Ada", "new", "b", max_turns=10, max_age_minutes=10)
+    assert [t.question for t in store.history("s", "Ada", max_turns=10, max_age_minutes=10)] == ["new"]
+    assert store.count_turns() == 1
+
+
+def test_max_turns_zero_remembers_nothing():
+    store = ConversationMemory(":memory:")
+    assert store.record("s", "Ada", "q", "a", max_turns=0) is False
+    assert store.count_turns() == 0
+    assert store.history("s", "Ada", max_turns=0) == []
+
+
+ISOLATION = [
+    # (session, persona) pairs that must not see ("s1", "Ada")'s turn
+    ("s2", "Ada"),   # another session, same persona
+    ("s1", "Bob"),   # same session, another persona
+    ("s2", "Bob"),   # both differ
+]
+
+
+@pytest.mark.parametrize("session,persona", ISOLATION)
+def test_isolation_between_sessions_and_personas(session, persona):
+    store = ConversationMemory(":memory:")
+    store.record("s1", "Ada", "secret question", "secret answer", max_turns=5)
+    assert store.history(session, persona, max_turns=5) == []
+    assert len(store.history("s1", "Ada", max_turns=5)) == 1
+
+
+def test_history_survives_reopen(tmp_path):
+    path = tmp_path / "db" / "conv.db"
+    store = ConversationMemory(path)
+    store.record("s", "Ada", "q", "a", interrupted=True, user_question="p", user_answer="r", lang="pt-pt",
+                 max_turns=5)
+    store.inject_context("s", "likes cats")
+    store.close()
+    reopened = ConversationMemory(path)
+    [turn] = reopened.history("s", "Ada", max_turns=5)
+    assert (turn.question, turn.answer, turn.interrupted, turn.user_question, turn.user_answer, turn.lang) == \
+        ("q", "a", True, "p", "r", "pt-pt")
+    assert reopened.context("s") == "likes cats"
+
+
+def test_forget_one_persona_or_all():
+    store = ConversationMemory(":memory:")
+    for persona in ("Ada", "Bob"):
+        store.record("s", persona, "q", "a", max_turns=5)
+    store.record("other", "Ada", "q", "a", max_turns=5)
+    assert store.forget("s", "Ada") == 1
+    assert store.history("s", "Bob", max_turns=5) != []
+    assert store.forget("s") == 1
+    assert store.count_turns("s") == 0 and store.count_turns("other") == 1
+
+
+def test_context_inject_clear_and_bound():
+    store = ConversationMemory(":memory:")
+    store.inject_context("s", "first")
+    store.inject_context("s", " second ")
+    store.inject_context("t", "other session")
+    assert store.context("s") == "first\n\nsecond"
+    for index in range(MAX_CONTEXT_ENTRIES + 5):
+        store.inject_context("s", f"c{index}")
+    assert store.context("s").split("\n\n")[0] == "c5"
+    assert store.clear_context("s") == MAX_CONTEXT_ENTRIES
+    assert store.context("s") == "" and store.context("t") == "other session"
+
+
+def test_concurrent_threads_lose_no_turn(tmp_path):
+    store = ConversationMemory(tmp_path / "conv.db")
+
+    def writer(session: str) -> None:
+        for index in range(50):
+            store.record(session, "Ada", f"q{index}", f"a{index}", max_turns=100)
+
+    threads = [threading.Thread(target=writer, args=(f"s{n}",)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.count_turns() == 400
+    assert [t.question for t in store.history("s3", "Ada", max_turns=100)] == [f"q{i}" for i in range(50)]
+
+
+def test_corrupt_file_is_moved_aside_and_a_new_one_made(tmp_path, caplog):
+    path = tmp_path / "conv.db"
+    path.write_bytes(b"this is not a database at all" * 100)
+    store = ConversationMemory(path, clock=Clock(42))
+    store.record("s", "Ada", "q", "a", max_turns=5)
+    assert store.degraded is None
+    moved = tmp_path / "conv.db.corrupt-42"
+    assert moved.read_bytes() == b"this is not a database at all" * 100
+    assert [t.question for t in ConversationMemory(path).history("s", "Ada", max_turns=5)] == ["q"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_file_keeps_answering_from_ram(tmp_path):
+    path = tmp_path / "conv.db"
+    ConversationMemory(path).record("s", "Ada", "kept", "a", max_turns=5)
+    os.chmod(path, 0o444)
+    store = ConversationMemory(path)
+    store.record("s", "Ada", "new", "b", max_turns=5)
+    assert store.degraded
+    assert [t.question for t in store.history("s", "Ada", max_turns=5)] == ["kept", "new"]
+
+
+def test_locked_database_degrades_to_ram_and_keeps_old_turns(tmp_path, monkeypatch):
+    path = tmp_path / "conv.db"
+    store = ConversationMemory(path)
+    store.record("s", "Ada", "kept", "a", max_turns=5)
+    monkeypatch.setattr("ovos_skill_persona_fallback.memory.BUSY_TIMEOUT_MS", 50)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    store._conn.execute("PRAGMA busy_timeout = 50")
+    try:
+        store.record("s", "Ada", "new", "b", max_turns=5)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert store.degraded and "locked" in store.degraded
+    assert [t.question for t in store.history("s", "Ada", max_turns=5)] == ["kept", "new"]
+
+
+def test_turn_dataclass_defaults():
+    assert Turn("q", "a", 1.0) == Turn("q", "a", 1.0, False, None, None, None)

@@ -1,6 +1,353 @@
-"""Persona Fallback: the OVOS skill class (the only module that touches the messagebus)."""
+"""Persona Fallback: the OVOS skill class, the only module that touches the messagebus.
+
+It claims utterances no other skill handled, asks the session's persona through the engine, and
+speaks the answer sentence by sentence with ``message.forward("speak")`` so each answer reaches
+the satellite that asked. Everything else lives in plain Python modules beside it.
+"""
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ovos_bus_client.message import Message
+from ovos_bus_client.session import Session, SessionManager
+from ovos_utils.process_utils import RuntimeRequirements
+from ovos_workshop.decorators import intent_handler
 from ovos_workshop.skills.fallback import FallbackSkill
+
+from .engine import NoPersonaError, PersonaEngine
+from .languages import normalize_lang, random_dialog
+from .memory import ConversationMemory
+from .persona import MemorySettings, Persona
+from .prompt import Speaker
+from .settings import DEFAULT_SETTINGS, validate_settings
+
+SKILL_ID = "ovos-skill-persona-fallback.openpersona"
+
+
+def _text(value: Any) -> str:
+    """Return ``value`` if it is non-blank text, else ""."""
+    return value.strip() if isinstance(value, str) else ""
 
 
 class PersonaFallbackSkill(FallbackSkill):
     """Answers utterances no other skill handled by asking the session's persona."""
+
+    def __init__(self, *args: Any, engine: Optional[PersonaEngine] = None, **kwargs: Any) -> None:
+        self.engine: Optional[PersonaEngine] = engine
+        self._owns_engine = engine is None
+        self._config: Dict[str, Any] = dict(DEFAULT_SETTINGS)
+        self._settings_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    @classmethod
+    def runtime_requirements(cls) -> RuntimeRequirements:  # type: ignore[override]
+        """Loads and answers with no network: the offline default persona needs none."""
+        return RuntimeRequirements(internet_before_load=False, network_before_load=False,
+                                   requires_internet=False, requires_network=False,
+                                   no_internet_fallback=True, no_network_fallback=True)
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        """Build the engine from the settings, register the fallback and the bus API."""
+        self._config, problems = validate_settings(dict(self.settings), DEFAULT_SETTINGS)
+        for problem in problems:
+            self.log.error(problem)
+        if self.engine is None:
+            db_path = self._config["db_path"] or None
+            self.engine = PersonaEngine(self._config["persona_dirs"], memory=ConversationMemory(db_path),
+                                        default_persona=self._config["default_persona"])
+        self._apply_engine_settings()
+        self.register_fallback(self.handle_fallback, self._config["priority"])
+        for name, handler in (("persona.ask", self.handle_ask), ("persona.list", self.handle_list),
+                              ("persona.context.inject", self.handle_context_inject),
+                              ("persona.context.clear", self.handle_context_clear),
+                              ("persona.conversation.end", self.handle_conversation_end),
+                              ("persona.active.set", self.handle_active_set)):
+            self.add_event(name, handler, speak_errors=False)
+        self.settings_change_callback = self.on_settings_changed
+
+    def _apply_engine_settings(self) -> None:
+        engine = self.engine
+        engine.default_persona = self._config["default_persona"]
+        engine.max_utterance_chars = self._config["max_utterance_chars"]
+        engine.memory_caps = MemorySettings(self._config["max_turns"], self._config["max_age_minutes"])
+
+    def on_settings_changed(self) -> None:
+        """Apply changed settings at once; a bad value is logged and the last good one kept."""
+        with self._settings_lock:
+            previous = self._config
+            self._config, problems = validate_settings(dict(self.settings), previous)
+            for problem in problems:
+                self.log.error(problem)
+            self._apply_engine_settings()
+            if self._config["persona_dirs"] != previous["persona_dirs"]:
+                self.engine.load_personas(self._config["persona_dirs"])
+            if self._config["priority"] != previous["priority"]:
+                self.remove_fallback(self.handle_fallback)
+                self.register_fallback(self.handle_fallback, self._config["priority"])
+
+    def shutdown(self) -> None:
+        """Stop every answer and close the engine (if the skill built it)."""
+        if self.engine is not None and self._owns_engine:
+            self.engine.close()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _session(self, message: Message) -> Session:
+        try:
+            return SessionManager.get(message)
+        except Exception as err:  # a malformed session in a bus message must not kill the handler
+            self.log.warning(f"malformed session in {message.msg_type}: {err}; using the default session")
+            return SessionManager.default_session
+
+    def _lang(self, message: Message, session: Session) -> str:
+        requested = message.data.get("lang") if isinstance(message.data, dict) else None
+        default = normalize_lang(self._config["default_lang"])
+        return normalize_lang(requested, default="") or normalize_lang(getattr(session, "lang", None), default)
+
+    @staticmethod
+    def _speaker(message: Message, session: Session) -> Speaker:
+        location = getattr(session, "location_preferences", None) or {}
+        city = location.get("city", {}) if isinstance(location, dict) else {}
+        city_name = city.get("name", "") if isinstance(city, dict) else ""
+        context = message.context if isinstance(message.context, dict) else {}
+        return Speaker(name=_text(context.get("speaker_name") or context.get("user_name")),
+                       location=_text(city_name))
+
+    def _say(self, message: Message, text: str, lang: str, **meta: Any) -> None:
+        """Emit one ``speak`` built from the request, so it reaches the satellite that asked."""
+        if not text:
+            return
+        reply = message.forward("speak", {"utterance": text, "expect_response": False, "lang": lang,
+                                          "meta": {"skill": self.skill_id, **meta}})
+        reply.context["skill_id"] = self.skill_id
+        self.bus.emit(reply)
+
+    def _say_dialog(self, message: Message, lang: str, dialog: str, **values: str) -> str:
+        line = random_dialog(lang, dialog, **values)
+        self._say(message, line, lang, dialog=dialog)
+        return line
+
+    def _persona_names(self) -> str:
+        return ", ".join(sorted(self.engine.personas)) if self.engine else ""
+
+    # -- fallback ------------------------------------------------------------------------------
+
+    def can_answer(self, message: Message) -> bool:
+        """Fast check (no solver is called): enabled, some persona usable, a non-empty utterance."""
+        if not self._config["enabled"] or self.engine is None:
+            return False
+        utterances = message.data.get("utterances") if isinstance(message.data, dict) else None
+        if not isinstance(utterances, list) or not utterances or not _text(utterances[0]):
+            return False
+        return self.engine.active_persona(self._session(message).session_id) is not None
+
+    def handle_fallback(self, message: Message) -> bool:
+        """Answer inside the request, sentence by sentence; always say something once claimed."""
+        if not self.can_answer(message):
+            return False
+        session = self._session(message)
+        lang = self._lang(message, session)
+        persona = self.engine.active_persona(session.session_id)
+        self._answer(message, _text(message.data["utterances"][0]), session, lang, persona)
+        return True
+
+    def _answer(self, message: Message, utterance: str, session: Session, lang: str,
+                persona: Persona) -> List[str]:
+        """Stream the persona's answer into speak messages; return the spoken sentences."""
+        spoken: List[str] = []
+        state = {"started": False}
+        lock = threading.Lock()
+        delay = persona.thinking.after_seconds
+        delay = self._config["thinking_delay"] if delay is None else delay
+
+        def think() -> None:
+            with lock:
+                if state["started"]:
+                    return
+                state["started"] = True
+                line = (random.choice(persona.thinking.messages) if persona.thinking.messages
+                        else random_dialog(lang, "thinking", name=persona.name))
+                self._say(message, line, lang, dialog="thinking", persona=persona.name)
+
+        timer = threading.Timer(delay, think)
+        timer.daemon = True
+        timer.start()
+        try:
+            stream = self.engine.stream(utterance, session_id=session.session_id, persona=persona.name,
+                                        lang=lang, speaker=self._speaker(message, session))
+            for sentence in stream:
+                with lock:
+                    state["started"] = True
+                    self._say(message, sentence, lang, persona=persona.name)
+                spoken.append(sentence)
+        finally:
+            timer.cancel()
+        answer = stream.answer
+        for failure in answer.failures:
+            self.log.info(f"persona {persona.name}: {failure.describe()}")
+        if not spoken and not answer.result.cancelled:
+            self._say_dialog(message, lang, "error", persona=persona.name)
+        return spoken
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    def can_stop(self, message: Message) -> bool:
+        """True while this session has an answer in progress."""
+        return self.engine is not None and self.engine.is_busy(self._session(message).session_id)
+
+    def stop_session(self, session: Session) -> bool:
+        """Cancel only this session's generation; True if something was stopped."""
+        return self.engine is not None and self.engine.stop(session.session_id)
+
+    def stop(self) -> bool:
+        """Global stop without a session: nothing to do, every stop here is per session."""
+        return False
+
+    # -- voice commands ------------------------------------------------------------------------
+
+    @intent_handler("switch_persona.intent")
+    def handle_switch_persona(self, message: Message) -> None:
+        """Switch the session to the named persona (matched fuzzily)."""
+        session, name = self._session(message), _text(message.data.get("persona"))
+        lang = self._lang(message, session)
+        try:
+            persona = self.engine.set_active(session.session_id, name)
+        except NoPersonaError:
+            self._say_dialog(message, lang, "unknown_persona", name=name or "?", personas=self._persona_names())
+            return
+        self._say_dialog(message, lang, "switched", persona=persona.name)
+
+    @intent_handler("which_persona.intent")
+    def handle_which_persona(self, message: Message) -> None:
+        """Say which persona this session talks to."""
+        session = self._session(message)
+        persona = self.engine.active_persona(session.session_id)
+        lang = self._lang(message, session)
+        if persona is None:
+            self._say_dialog(message, lang, "no_personas")
+        else:
+            self._say_dialog(message, lang, "current_persona", persona=persona.name)
+
+    @intent_handler("list_personas.intent")
+    def handle_list_personas(self, message: Message) -> None:
+        """Say the names of the loaded personas."""
+        lang = self._lang(message, self._session(message))
+        names = self._persona_names()
+        self._say_dialog(message, lang, "list_personas" if names else "no_personas", personas=names)
+
+    @intent_handler("forget_conversation.intent")
+    def handle_forget(self, message: Message) -> None:
+        """Forget this session's conversation with every persona."""
+        session = self._session(message)
+        self.engine.forget(session.session_id)
+        self._say_dialog(message, self._lang(message, session), "forgot")
+
+    @intent_handler("release_persona.intent")
+    def handle_release_persona(self, message: Message) -> None:
+        """Go back to the default persona for this session."""
+        session = self._session(message)
+        self.engine.reset_active(session.session_id)
+        persona = self.engine.active_persona(session.session_id)
+        self._say_dialog(message, self._lang(message, session), "released",
+                         persona=persona.name if persona else "")
+
+    # -- bus API -------------------------------------------------------------------------------
+
+    def _respond(self, message: Message, data: Dict[str, Any]) -> None:
+        self.bus.emit(message.response(data))
+
+    def _error(self, message: Message, reason: str) -> None:
+        self.log.warning(f"{message.msg_type}: {reason}")
+        self.bus.emit(message.reply(f"{message.msg_type}.error", {"error": reason}))
+
+    def _data(self, message: Message) -> Optional[Dict[str, Any]]:
+        if not isinstance(message.data, dict):
+            self._error(message, "message data must be an object")
+            return None
+        return message.data
+
+    def handle_ask(self, message: Message) -> None:
+        """``persona.ask`` {utterance, persona?, lang?} -> {answer, persona, lang}."""
+        data = self._data(message)
+        if data is None:
+            return
+        utterance = data.get("utterance")
+        if not isinstance(utterance, str) or not utterance.strip():
+            self._error(message, "utterance must be non-empty text")
+            return
+        name = data.get("persona")
+        if name is not None and not isinstance(name, str):
+            self._error(message, "persona must be a persona name")
+            return
+        session = self._session(message)
+        lang = self._lang(message, session)
+        try:
+            stream = self.engine.stream(utterance.strip(), session_id=session.session_id, persona=name or None,
+                                        lang=lang, speaker=self._speaker(message, session))
+        except NoPersonaError as err:
+            self._error(message, f"{err}; known personas: {self._persona_names()}")
+            return
+        for _ in stream:
+            pass
+        answer = stream.answer
+        if not answer.sentences:
+            self._error(message, f"{answer.persona} could not answer")
+            return
+        self._respond(message, {"answer": answer.text, "persona": answer.persona, "lang": lang})
+
+    def handle_list(self, message: Message) -> None:
+        """``persona.list`` -> {personas: [{name, description, lang}]}."""
+        personas = [persona.summary() for _, persona in sorted(self.engine.personas.items())]
+        self._respond(message, {"personas": personas})
+
+    def handle_context_inject(self, message: Message) -> None:
+        """``persona.context.inject`` {context}: add context for the message's session."""
+        data = self._data(message)
+        if data is None:
+            return
+        context = data.get("context")
+        if not isinstance(context, str) or not context.strip():
+            self._error(message, "context must be non-empty text")
+            return
+        session_id = self._session(message).session_id
+        self.engine.inject_context(session_id, context.strip())
+        self._respond(message, {"session_id": session_id})
+
+    def handle_context_clear(self, message: Message) -> None:
+        """``persona.context.clear``: remove the session's injected context."""
+        session_id = self._session(message).session_id
+        self.engine.clear_context(session_id)
+        self._respond(message, {"session_id": session_id})
+
+    def handle_conversation_end(self, message: Message) -> None:
+        """``persona.conversation.end``: the user left; forget the session and free its caches."""
+        session_id = self._session(message).session_id
+        self.engine.end_conversation(session_id)
+        self._respond(message, {"session_id": session_id})
+
+    def handle_active_set(self, message: Message) -> None:
+        """``persona.active.set`` {persona}: make a persona the session's active one."""
+        data = self._data(message)
+        if data is None:
+            return
+        name = data.get("persona")
+        if not isinstance(name, str) or not name.strip():
+            self._error(message, "persona must be a persona name")
+            return
+        session_id = self._session(message).session_id
+        try:
+            persona = self.engine.set_active(session_id, name)
+        except NoPersonaError as err:
+            self._error(message, f"{err}; known personas: {self._persona_names()}")
+            return
+        self._respond(message, {"persona": persona.name, "session_id": session_id})
+
+
+def create_skill(*args: Any, **kwargs: Any) -> PersonaFallbackSkill:
+    """Legacy loader hook."""
+    return PersonaFallbackSkill(*args, **kwargs)

@@ -20,7 +20,7 @@ from ovos_utils.log import LOG
 from .chain import ChainLink, ChainResult, Deadlines, SolverChain, SolverFailure, SolverInput
 from .languages import base_lang, normalize_lang
 from .memory import ConversationMemory
-from .persona import Persona, load_personas
+from .persona import MemorySettings, Persona, load_personas
 from .prompt import Speaker, build_messages
 from .solvers import create_solver, known_solver_ids
 from .solvers.base import CancelToken, ChatMessage, Role, SolverContext, SolverError
@@ -91,11 +91,14 @@ class PersonaEngine:
                  known_solvers: Optional[Callable[[], frozenset]] = known_solver_ids,
                  max_utterance_chars: int = DEFAULT_MAX_UTTERANCE_CHARS,
                  max_sessions: int = DEFAULT_MAX_SESSIONS,
+                 memory_caps: Optional[MemorySettings] = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.memory = memory if memory is not None else ConversationMemory()
         self.translator = translator
         self.default_persona = default_persona
         self.max_utterance_chars = max_utterance_chars
+        #: limits the owner of the assistant sets over every persona's own memory settings
+        self.memory_caps = memory_caps
         self._solver_factory = solver_factory
         self._known_solvers = known_solvers
         self._clock = clock
@@ -206,6 +209,15 @@ class PersonaEngine:
             pass
         return stream.answer
 
+    def memory_limits(self, persona: Persona) -> MemorySettings:
+        """Return the persona's memory settings within the engine's caps (0 age means no limit)."""
+        own, caps = persona.memory, self.memory_caps
+        if caps is None:
+            return own
+        ages = [age for age in (own.max_age_minutes, caps.max_age_minutes) if age > 0]
+        return MemorySettings(max_turns=min(own.max_turns, caps.max_turns),
+                              max_age_minutes=min(ages) if ages else 0)
+
     def _answer(self, persona: Persona, question: str, session_id: str, user_lang: str,
                 speaker: Speaker, token: CancelToken, answer: Answer) -> Iterator[str]:
         said: List[str] = []
@@ -213,8 +225,9 @@ class PersonaEngine:
         finished = False
         self._register(session_id, token)
         try:
-            history = self.memory.history(session_id, persona.name, max_turns=persona.memory.max_turns,
-                                          max_age_minutes=persona.memory.max_age_minutes)
+            limits = self.memory_limits(persona)
+            history = self.memory.history(session_id, persona.name, max_turns=limits.max_turns,
+                                          max_age_minutes=limits.max_age_minutes)
             chat = build_messages(persona, history, question, injected_context=self.memory.context(session_id),
                                   speaker=speaker, lang=user_lang, now=self._clock())
             translated: Dict[str, List[ChatMessage]] = {}
@@ -273,12 +286,13 @@ class PersonaEngine:
     def _remember(self, persona: Persona, session_id: str, solver_question: str, user_question: str,
                   said: Sequence[str], answer: Answer, user_lang: str, interrupted: bool) -> None:
         translated = solver_question != user_question or answer.sentences != list(said)
+        limits = self.memory_limits(persona)
         try:
             self.memory.record(
                 session_id, persona.name, solver_question, " ".join(said), interrupted=interrupted,
                 user_question=user_question if translated else None,
                 user_answer=answer.text if translated else None, lang=user_lang,
-                max_turns=persona.memory.max_turns, max_age_minutes=persona.memory.max_age_minutes)
+                max_turns=limits.max_turns, max_age_minutes=limits.max_age_minutes)
         except Exception as err:  # memory trouble must never cost the user the answer
             LOG.exception(f"could not remember the turn for session {session_id}: {err}")
 

@@ -30,7 +30,6 @@ from .solvers.base import GenerationSettings
 PERSONA_SUFFIXES = (".json", ".yaml", ".yml")
 DEFAULT_MAX_TURNS = 12
 DEFAULT_MAX_AGE_MINUTES = 24 * 60
-DEFAULT_THINKING_AFTER_SECONDS = 2.0
 PLACEHOLDERS = ("name", "user", "location", "date", "time", "lang")
 _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 _RESERVED_KEYS = {"name", "description", "system_prompt", "context", "lang", "solvers", "handlers",
@@ -59,9 +58,12 @@ class MemorySettings:
 
 @dataclass(frozen=True)
 class ThinkingSettings:
-    """What to say while the first sentence is slow to come."""
+    """What to say while the first sentence is slow to come.
 
-    after_seconds: float = DEFAULT_THINKING_AFTER_SECONDS
+    ``after_seconds`` None means the skill's ``thinking_delay`` setting decides.
+    """
+
+    after_seconds: Optional[float] = None
     messages: Tuple[str, ...] = ()
 
 
@@ -229,8 +231,8 @@ def parse_persona(data: Any, source: str = "<persona>",
                                          DEFAULT_MAX_AGE_MINUTES, minimum=0),
         ),
         thinking=ThinkingSettings(
-            after_seconds=check.number(thinking_block, "after_seconds", "thinking",
-                                       DEFAULT_THINKING_AFTER_SECONDS, minimum=0),
+            after_seconds=check.number(thinking_block, "after_seconds", "thinking", None,
+                                       minimum=0, optional=True),
             messages=check.strings(thinking_block.get("messages"), "thinking.messages"),
         ),
         source=source,

@@ -1,0 +1,66 @@
+"""The skill's settings: defaults in one place, and validation that keeps the last good value."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Tuple
+
+DEFAULT_SETTINGS: Dict[str, Any] = {
+    "enabled": True,
+    "default_persona": "Ava",
+    "persona_dirs": [],
+    "priority": 90,
+    "thinking_delay": 2.0,
+    "max_turns": 12,
+    "max_age_minutes": 1440,
+    "max_utterance_chars": 2000,
+    "db_path": "",
+    "default_lang": "en-us",
+}
+
+
+@dataclass(frozen=True)
+class _Rule:
+    check: Callable[[Any], bool]
+    expected: str
+
+
+def _number(low: float, high: float, integer: bool = False) -> _Rule:
+    kind = int if integer else (int, float)
+    word = "a whole number" if integer else "a number"
+    return _Rule(lambda v: isinstance(v, kind) and not isinstance(v, bool) and low <= v <= high,
+                 f"{word} from {low:g} to {high:g}")
+
+
+_RULES: Dict[str, _Rule] = {
+    "enabled": _Rule(lambda v: isinstance(v, bool), "true or false"),
+    "default_persona": _Rule(lambda v: isinstance(v, str) and bool(v.strip()), "a persona name"),
+    "persona_dirs": _Rule(lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+                          "a list of folder paths"),
+    "priority": _number(0, 100, integer=True),
+    "thinking_delay": _number(0, 60),
+    "max_turns": _number(0, 1000, integer=True),
+    "max_age_minutes": _number(0, 10 ** 7),
+    "max_utterance_chars": _number(10, 100_000, integer=True),
+    "db_path": _Rule(lambda v: isinstance(v, str), "a file path, or empty for the default"),
+    "default_lang": _Rule(lambda v: isinstance(v, str) and 2 <= len(v) <= 35, "a language tag"),
+}
+
+
+def validate_settings(raw: Mapping[str, Any], previous: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+    """Return the effective settings and one problem line per rejected value.
+
+    A missing key takes the default; a bad value keeps ``previous`` (the last good value).
+    Unknown keys are ignored.
+    """
+    effective: Dict[str, Any] = {}
+    problems: List[str] = []
+    for key, default in DEFAULT_SETTINGS.items():
+        value = raw.get(key, default) if isinstance(raw, Mapping) else default
+        rule = _RULES[key]
+        if rule.check(value):
+            effective[key] = value
+        else:
+            kept = previous.get(key, default)
+            effective[key] = kept
+            problems.append(f"setting {key}: expected {rule.expected}, got {value!r}; keeping {kept!r}")
+    return effective, problems

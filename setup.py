@@ -4,6 +4,7 @@ from setuptools import setup
 PACKAGE = "ovos_skill_persona_fallback"
 SKILL_ID = "ovos-skill-persona-fallback.openpersona"
 SUB_PACKAGES = ["solvers"]
+# "personas/examples" is data, not a package: package_data below carries it
 
 setup(
     name="ovos-skill-persona-fallback",
@@ -13,7 +14,7 @@ setup(
     python_requires=">=3.9",
     packages=[PACKAGE] + [f"{PACKAGE}.{sub}" for sub in SUB_PACKAGES],
     package_dir={PACKAGE: "."} | {f"{PACKAGE}.{sub}": sub for sub in SUB_PACKAGES},
-    package_data={PACKAGE: ["locale/*/*", "personas/*", "settingsmeta.yaml"]},
+    package_data={PACKAGE: ["locale/*/*", "personas/*.yaml", "personas/examples/*.yaml", "settingsmeta.yaml"]},
     include_package_data=False,
     install_requires=[
         "ovos-core>=2.1.1,<2.2",
@@ -29,7 +30,9 @@ setup(
     ],
     extras_require={
         "llama": ["llama-cpp-python>=0.3.16,<0.4"],
+        "demo": ["ovos-messagebus>=0.0.10,<0.1"],
         "test": [
+            "llama-cpp-python[server]>=0.3.16,<0.4",
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
             "hypothesis>=6.100,<7",

@@ -1,0 +1,68 @@
+"""Settings: defaults, validation, and settingsmeta.yaml / README mirroring the code."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ovos_skill_persona_fallback.settings import DEFAULT_SETTINGS, validate_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def meta_fields() -> dict:
+    meta = yaml.safe_load((ROOT / "settingsmeta.yaml").read_text())
+    return {field["name"]: field for section in meta["skillMetadata"]["sections"] for field in section["fields"]}
+
+
+def test_settingsmeta_mirrors_every_default():
+    fields = meta_fields()
+    assert set(fields) == set(DEFAULT_SETTINGS)
+    for name, default in DEFAULT_SETTINGS.items():
+        assert json.loads(fields[name]["value"]) == default if not isinstance(default, str) \
+            else fields[name]["value"] == default, name
+
+
+def test_readme_settings_table_mirrors_every_default():
+    readme = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", readme, re.MULTILINE))
+    assert set(DEFAULT_SETTINGS) <= set(rows)
+    for name, default in DEFAULT_SETTINGS.items():
+        assert rows[name] == json.dumps(default), name
+
+
+BAD = [
+    # (key, bad value)
+    ("enabled", "yes"),
+    ("default_persona", ""),
+    ("persona_dirs", "/one/path"),
+    ("priority", 101),
+    ("priority", 5.5),
+    ("thinking_delay", -1),
+    ("max_turns", True),
+    ("max_age_minutes", None),
+    ("max_utterance_chars", 1),
+    ("db_path", 3),
+    ("default_lang", ""),
+]
+
+
+@pytest.mark.parametrize("key,value", BAD)
+def test_bad_value_keeps_previous_good_value_and_says_why(key, value):
+    previous = dict(DEFAULT_SETTINGS)
+    good, problems = validate_settings({}, previous)
+    assert good == DEFAULT_SETTINGS and problems == []
+    effective, problems = validate_settings({key: value}, previous)
+    assert effective[key] == previous[key]
+    assert len(problems) == 1 and problems[0].startswith(f"setting {key}: expected ")
+    assert repr(value) in problems[0]
+
+
+def test_good_values_are_taken_and_unknown_keys_ignored():
+    effective, problems = validate_settings({"priority": 10, "persona_dirs": ["/x"], "whatever": 1},
+                                            DEFAULT_SETTINGS)
+    assert problems == [] and effective["priority"] == 10 and effective["persona_dirs"] == ["/x"]
+    assert "whatever" not in effective

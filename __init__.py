@@ -23,6 +23,7 @@ from .memory import ConversationMemory
 from .persona import MemorySettings, Persona
 from .prompt import Speaker
 from .settings import DEFAULT_SETTINGS, validate_settings
+from .translation import Translator
 
 SKILL_ID = "ovos-skill-persona-fallback.openpersona"
 
@@ -59,7 +60,8 @@ class PersonaFallbackSkill(FallbackSkill):
         if self.engine is None:
             db_path = self._config["db_path"] or None
             self.engine = PersonaEngine(self._config["persona_dirs"], memory=ConversationMemory(db_path),
-                                        default_persona=self._config["default_persona"])
+                                        default_persona=self._config["default_persona"],
+                                        translator=self._translator())
         self._apply_engine_settings()
         self.register_fallback(self.handle_fallback, self._config["priority"])
         for name, handler in (("persona.ask", self.handle_ask), ("persona.list", self.handle_list),
@@ -70,8 +72,13 @@ class PersonaFallbackSkill(FallbackSkill):
             self.add_event(name, handler, speak_errors=False)
         self.settings_change_callback = self.on_settings_changed
 
+    def _translator(self) -> Translator:
+        return Translator(translation_module=self._config["translation_module"],
+                          detection_module=self._config["detection_module"])
+
     def _apply_engine_settings(self) -> None:
         engine = self.engine
+        engine.default_lang = normalize_lang(self._config["default_lang"])
         engine.default_persona = self._config["default_persona"]
         engine.max_utterance_chars = self._config["max_utterance_chars"]
         engine.memory_caps = MemorySettings(self._config["max_turns"], self._config["max_age_minutes"])
@@ -86,6 +93,9 @@ class PersonaFallbackSkill(FallbackSkill):
             self._apply_engine_settings()
             if self._config["persona_dirs"] != previous["persona_dirs"]:
                 self.engine.load_personas(self._config["persona_dirs"])
+            modules = ("translation_module", "detection_module")
+            if any(self._config[key] != previous[key] for key in modules) and self._owns_engine:
+                self.engine.translator = self._translator()
             if self._config["priority"] != previous["priority"]:
                 self.remove_fallback(self.handle_fallback)
                 self.register_fallback(self.handle_fallback, self._config["priority"])
@@ -105,9 +115,15 @@ class PersonaFallbackSkill(FallbackSkill):
             return SessionManager.default_session
 
     def _lang(self, message: Message, session: Session) -> str:
+        """The asker's language: the message's, else the session's; "auto" lets the engine detect it."""
         requested = message.data.get("lang") if isinstance(message.data, dict) else None
-        default = normalize_lang(self._config["default_lang"])
-        return normalize_lang(requested, default="") or normalize_lang(getattr(session, "lang", None), default)
+        session_lang = getattr(session, "lang", None)
+        for candidate in (requested, session_lang):
+            if isinstance(candidate, str) and candidate.strip().lower() == "auto":
+                return "auto"
+            if normalize_lang(candidate, default=""):
+                return normalize_lang(candidate)
+        return normalize_lang(self._config["default_lang"])
 
     @staticmethod
     def _speaker(message: Message, session: Session) -> Speaker:
@@ -159,6 +175,7 @@ class PersonaFallbackSkill(FallbackSkill):
     def _answer(self, message: Message, utterance: str, session: Session, lang: str,
                 persona: Persona) -> List[str]:
         """Stream the persona's answer into speak messages; return the spoken sentences."""
+        lang = self.engine.resolve_lang(lang, utterance, persona)
         spoken: List[str] = []
         state = {"started": False}
         lock = threading.Lock()
@@ -170,8 +187,8 @@ class PersonaFallbackSkill(FallbackSkill):
                 if state["started"]:
                     return
                 state["started"] = True
-                line = (random.choice(persona.thinking.messages) if persona.thinking.messages
-                        else random_dialog(lang, "thinking", name=persona.name))
+                line = (self.engine.localize(random.choice(persona.thinking.messages), persona.lang, lang)
+                        if persona.thinking.messages else random_dialog(lang, "thinking", name=persona.name))
                 self._say(message, line, lang, dialog="thinking", persona=persona.name)
 
         timer = threading.Timer(delay, think)
@@ -285,13 +302,13 @@ class PersonaFallbackSkill(FallbackSkill):
             self._error(message, "persona must be a persona name")
             return
         session = self._session(message)
-        lang = self._lang(message, session)
-        try:
-            stream = self.engine.stream(utterance.strip(), session_id=session.session_id, persona=name or None,
-                                        lang=lang, speaker=self._speaker(message, session))
-        except NoPersonaError as err:
-            self._error(message, f"{err}; known personas: {self._persona_names()}")
+        persona = self.engine.find_persona(name) if name else self.engine.active_persona(session.session_id)
+        if persona is None:
+            self._error(message, f"no persona called {name!r}; known personas: {self._persona_names()}")
             return
+        lang = self.engine.resolve_lang(self._lang(message, session), utterance, persona)
+        stream = self.engine.stream(utterance.strip(), session_id=session.session_id, persona=persona.name,
+                                    lang=lang, speaker=self._speaker(message, session))
         for _ in stream:
             pass
         answer = stream.answer

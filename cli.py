@@ -23,30 +23,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_BAD
     for path in files:
         if not path.exists():
-            print(f"{path}: does not exist")
+            print(f"{path}: does not exist", file=args.out)
             status = EXIT_BAD
             continue
         try:
             persona = load_persona_file(path, known)
         except PersonaError as err:
             for line in err.problems:
-                print(line)
+                print(line, file=args.out)
             status = EXIT_BAD
         else:
-            print(f"OK {persona.name} ({path})")
+            print(f"OK {persona.name} ({path})", file=args.out)
     return status
 
 
 def _engine(args: argparse.Namespace):
     from .engine import PersonaEngine
     from .memory import ConversationMemory
+    from .translation import Translator
 
     dirs: List[Path] = list(args.personas_dir or [])
     persona = args.persona
     if persona and Path(persona).suffix.lower() in (".json", ".yaml", ".yml"):
         dirs.append(Path(persona))
     memory = ConversationMemory(args.db) if args.db else ConversationMemory()
-    engine = PersonaEngine(dirs, memory=memory)
+    # plugins come from mycroft.conf's "language" section, loaded only if a question needs them
+    engine = PersonaEngine(dirs, memory=memory, translator=Translator())
     if persona and Path(persona).suffix.lower() in (".json", ".yaml", ".yml"):
         try:
             persona = load_persona_file(Path(persona), known_solver_ids()).name
@@ -68,7 +70,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
             print(f"error: {err} (known personas: {known})", file=sys.stderr)
             return EXIT_BAD
         for sentence in stream:
-            print(sentence, flush=True)
+            print(sentence, file=args.out, flush=True)
         answer = stream.answer
         if not answer.sentences:
             print(f"error: {answer.persona} could not answer", file=sys.stderr)
@@ -83,6 +85,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser."""
     parser = argparse.ArgumentParser(prog="persona-fallback", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log everything to stderr")
     commands = parser.add_subparsers(dest="command", required=True)
 
     validate = commands.add_parser("validate", help="check persona files or folders")
@@ -103,8 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the console script."""
+    from ovos_utils.log import LOG
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    # OVOS's LOG writes to whatever sys.stdout is when a logger is made: keep stdout for answers
+    args.out = sys.stdout
+    sys.stdout = sys.stderr
+    LOG.set_level("DEBUG" if args.verbose else "WARNING")
+    try:
+        return args.func(args)
+    finally:
+        sys.stdout = args.out
 
 
 if __name__ == "__main__":

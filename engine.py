@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Protocol,
 from ovos_utils.log import LOG
 
 from .chain import ChainLink, ChainResult, Deadlines, SolverChain, SolverFailure, SolverInput
-from .languages import base_lang, normalize_lang
+from .languages import FALLBACK_LANG, base_lang, normalize_lang
 from .memory import ConversationMemory
 from .persona import MemorySettings, Persona, load_personas
 from .prompt import Speaker, build_messages
@@ -35,10 +35,15 @@ FUZZY_CUTOFF = 0.6
 
 
 class Translator(Protocol):
-    """What the engine needs from a translation layer."""
+    """What the engine needs from a translation layer (``translation.Translator`` is the real one)."""
+
+    available: bool
 
     def translate(self, text: str, target: str, source: str) -> str:
         """Return ``text`` translated from ``source`` into ``target`` (the text itself on failure)."""
+
+    def detect(self, text: str) -> Optional[str]:
+        """Return the language of ``text``, or None."""
 
 
 class NoPersonaError(LookupError):
@@ -92,6 +97,7 @@ class PersonaEngine:
                  max_utterance_chars: int = DEFAULT_MAX_UTTERANCE_CHARS,
                  max_sessions: int = DEFAULT_MAX_SESSIONS,
                  memory_caps: Optional[MemorySettings] = None,
+                 default_lang: str = FALLBACK_LANG,
                  clock: Callable[[], float] = time.time) -> None:
         self.memory = memory if memory is not None else ConversationMemory()
         self.translator = translator
@@ -99,6 +105,8 @@ class PersonaEngine:
         self.max_utterance_chars = max_utterance_chars
         #: limits the owner of the assistant sets over every persona's own memory settings
         self.memory_caps = memory_caps
+        #: the language used when a request says "auto" and detection cannot tell
+        self.default_lang = default_lang
         self._solver_factory = solver_factory
         self._known_solvers = known_solvers
         self._clock = clock
@@ -194,13 +202,26 @@ class PersonaEngine:
             raise NoPersonaError(f"no persona called {persona!r}" if persona else "no persona is loaded")
         answer = Answer(persona=chosen.name)
         token = cancel.child() if cancel is not None else CancelToken()
-        user_lang = normalize_lang(lang or chosen.lang)
+        user_lang = self.resolve_lang(lang, question, chosen)
         if len(question) > self.max_utterance_chars:
             LOG.warning(f"utterance of {len(question)} characters cut to {self.max_utterance_chars}")
             question = question[:self.max_utterance_chars]
         sentences = self._answer(chosen, question.strip(), session_id, user_lang, speaker or Speaker(),
                                  token, answer)
         return AnswerStream(answer, sentences)
+
+    def resolve_lang(self, lang: Optional[str], question: str, persona: Persona) -> str:
+        """Return the asker's language: as given; detected when "auto"; else the default."""
+        if isinstance(lang, str) and lang.strip().lower() == "auto":
+            detected = self.translator.detect(question) if self.translator is not None else None
+            return detected or normalize_lang(self.default_lang)
+        return normalize_lang(lang or persona.lang, default=normalize_lang(self.default_lang))
+
+    def localize(self, text: str, source_lang: str, target_lang: str) -> str:
+        """Translate a persona-written line (a thinking line) into the asker's language if needed."""
+        if self.translator is None or self._same(source_lang, target_lang):
+            return text
+        return self.translator.translate(text, target_lang, source_lang)
 
     def ask(self, question: str, **kwargs) -> Answer:
         """Answer and return the whole ``Answer`` (no streaming)."""
@@ -275,7 +296,7 @@ class PersonaEngine:
         """Pick the language a solver is asked in: the user's when it can, else the persona's."""
         langs = link.solver.supported_langs if link.solver is not None else None
         accepted = langs if langs is not None else frozenset({base_lang(persona.lang)})
-        if base_lang(user_lang) in accepted or self.translator is None:
+        if base_lang(user_lang) in accepted or self.translator is None or not self.translator.available:
             return user_lang
         return persona.lang if base_lang(persona.lang) in accepted else sorted(accepted)[0]
 

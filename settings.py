@@ -15,6 +15,8 @@ DEFAULT_SETTINGS: Dict[str, Any] = {
     "max_utterance_chars": 2000,
     "db_path": "",
     "default_lang": "en-us",
+    "translation_module": "",
+    "detection_module": "",
 }
 
 
@@ -43,6 +45,8 @@ _RULES: Dict[str, _Rule] = {
     "max_utterance_chars": _number(10, 100_000, integer=True),
     "db_path": _Rule(lambda v: isinstance(v, str), "a file path, or empty for the default"),
     "default_lang": _Rule(lambda v: isinstance(v, str) and 2 <= len(v) <= 35, "a language tag"),
+    "translation_module": _Rule(lambda v: isinstance(v, str), "a plugin name, or empty for mycroft.conf's"),
+    "detection_module": _Rule(lambda v: isinstance(v, str), "a plugin name, or empty for mycroft.conf's"),
 }
 
 

@@ -36,6 +36,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+from ovos_utils.log import LOG
 import urllib3
 
 from .base import (
@@ -52,7 +53,6 @@ from .base import (
     SolverUnavailable,
 )
 
-LOG = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 30.0

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence
 
 import pytest
+from ovos_utils.log import LOG
 
 from ovos_skill_persona_fallback.memory import ConversationMemory
 from ovos_skill_persona_fallback.persona import Persona
@@ -104,6 +105,19 @@ class SolverBox:
 
     def ids(self) -> FrozenSet[str]:
         return frozenset(self.solvers)
+
+
+@pytest.fixture(autouse=True)
+def ovos_logs_reach_caplog(monkeypatch):
+    """OVOS's LOG makes one logger per call site with propagation off; let pytest's caplog see them."""
+    create = LOG.create_logger
+
+    def propagating(name, tostdout=True):
+        logger = create(name, tostdout=tostdout)
+        logger.propagate = True
+        return logger
+
+    monkeypatch.setattr(LOG, "create_logger", staticmethod(propagating))
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from ovos_bus_client.message import Message
 from ovos_bus_client.session import Session, SessionManager
+from ovos_utils import classproperty
 from ovos_utils.process_utils import RuntimeRequirements
 from ovos_workshop.decorators import intent_handler
 from ovos_workshop.skills.fallback import FallbackSkill
@@ -43,8 +44,8 @@ class PersonaFallbackSkill(FallbackSkill):
         self._settings_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
-    @classmethod
-    def runtime_requirements(cls) -> RuntimeRequirements:  # type: ignore[override]
+    @classproperty
+    def runtime_requirements(self) -> RuntimeRequirements:
         """Loads and answers with no network: the offline default persona needs none."""
         return RuntimeRequirements(internet_before_load=False, network_before_load=False,
                                    requires_internet=False, requires_network=False,
@@ -61,7 +62,7 @@ class PersonaFallbackSkill(FallbackSkill):
             db_path = self._config["db_path"] or None
             self.engine = PersonaEngine(self._config["persona_dirs"], memory=ConversationMemory(db_path),
                                         default_persona=self._config["default_persona"],
-                                        translator=self._translator())
+                                        translator=self._make_translator())
         self._apply_engine_settings()
         self.register_fallback(self.handle_fallback, self._config["priority"])
         for name, handler in (("persona.ask", self.handle_ask), ("persona.list", self.handle_list),
@@ -72,7 +73,7 @@ class PersonaFallbackSkill(FallbackSkill):
             self.add_event(name, handler, speak_errors=False)
         self.settings_change_callback = self.on_settings_changed
 
-    def _translator(self) -> Translator:
+    def _make_translator(self) -> Translator:
         return Translator(translation_module=self._config["translation_module"],
                           detection_module=self._config["detection_module"])
 
@@ -95,7 +96,7 @@ class PersonaFallbackSkill(FallbackSkill):
                 self.engine.load_personas(self._config["persona_dirs"])
             modules = ("translation_module", "detection_module")
             if any(self._config[key] != previous[key] for key in modules) and self._owns_engine:
-                self.engine.translator = self._translator()
+                self.engine.translator = self._make_translator()
             if self._config["priority"] != previous["priority"]:
                 self.remove_fallback(self.handle_fallback)
                 self.register_fallback(self.handle_fallback, self._config["priority"])

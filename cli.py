@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--personas-dir", action="append", type=Path, help="extra persona folder (repeatable)")
     ask.add_argument("--db", help="conversation database (default: under XDG_DATA_HOME)")
     ask.set_defaults(func=cmd_ask)
+
+    demo = commands.add_parser("demo", add_help=False,
+                               help="run ovos-messagebus + ovos-core with the skill (demo --help for options)")
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -108,6 +112,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the console script."""
     from ovos_utils.log import LOG
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        # the demo has its own options; argparse would refuse those that start with "--"
+        from . import demo
+
+        return demo.main(argv[1:])
     args = build_parser().parse_args(argv)
     # OVOS's LOG writes to whatever sys.stdout is when a logger is made: keep stdout for answers
     args.out = sys.stdout

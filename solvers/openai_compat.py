@@ -337,7 +337,8 @@ def _parse_timeout(value: Any) -> Tuple[float, float]:
     if value is None:
         return DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
     if isinstance(value, Mapping):
-        unknown = set(value) - {"connect", "read"}
+        # first_chunk and total are the chain's deadlines, read from the same block
+        unknown = set(value) - {"connect", "read", "first_chunk", "total"}
         if unknown:
             raise SolverConfigError(f"openai solver: unknown timeout keys {sorted(unknown)}")
         return (_positive_number(value.get("connect", DEFAULT_CONNECT_TIMEOUT), "timeout.connect"),

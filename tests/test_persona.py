@@ -162,3 +162,17 @@ def test_shipped_personas_are_valid():
     assert problems == []
     assert sorted(personas) == ["Ava", "Local Llama", "Remote Assistant"]
     assert personas["Ava"].solvers == ("chitchat", "failure")
+
+
+def test_shipped_example_personas_build_their_solvers(monkeypatch, tmp_path):
+    from ovos_skill_persona_fallback.solvers import create_solver
+    from ovos_skill_persona_fallback.solvers.base import SolverContext
+
+    root = Path(__file__).resolve().parent.parent / "personas"
+    personas, _ = load_personas([root, root / "examples"], known_solver_ids())
+    for persona in personas.values():
+        for solver_id in persona.solvers:
+            solver = create_solver(solver_id, persona.solver_config(solver_id),
+                                   SolverContext(persona.name, persona.lang, persona.generation))
+            assert solver.solver_id == solver_id
+            solver.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import threading
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ovos_bus_client.message import Message
@@ -18,7 +17,7 @@ from ovos_utils.process_utils import RuntimeRequirements
 from ovos_workshop.decorators import intent_handler
 from ovos_workshop.skills.fallback import FallbackSkill
 
-from .engine import NoPersonaError, PersonaEngine
+from .engine import EngineBusy, NoPersonaError, PersonaEngine
 from .languages import normalize_lang, random_dialog
 from .memory import ConversationMemory
 from .persona import MemorySettings, Persona
@@ -83,6 +82,7 @@ class PersonaFallbackSkill(FallbackSkill):
         engine.default_persona = self._config["default_persona"]
         engine.max_utterance_chars = self._config["max_utterance_chars"]
         engine.memory_caps = MemorySettings(self._config["max_turns"], self._config["max_age_minutes"])
+        engine.admission.resize(self._config["max_concurrent_answers"], self._config["max_waiting_answers"])
 
     def on_settings_changed(self) -> None:
         """Apply changed settings at once; a bad value is logged and the last good one kept."""
@@ -198,11 +198,19 @@ class PersonaFallbackSkill(FallbackSkill):
         try:
             stream = self.engine.stream(utterance, session_id=session.session_id, persona=persona.name,
                                         lang=lang, speaker=self._speaker(message, session))
-            for sentence in stream:
+            try:
+                for sentence in stream:
+                    with lock:
+                        state["started"] = True
+                        self._say(message, sentence, lang, persona=persona.name)
+                    spoken.append(sentence)
+            except EngineBusy as err:
+                self.log.warning(f"session {session.session_id}: {err}")
+                timer.cancel()
                 with lock:
                     state["started"] = True
-                    self._say(message, sentence, lang, persona=persona.name)
-                spoken.append(sentence)
+                self._say_dialog(message, lang, "busy")
+                return spoken
         finally:
             timer.cancel()
         answer = stream.answer
@@ -310,8 +318,12 @@ class PersonaFallbackSkill(FallbackSkill):
         lang = self.engine.resolve_lang(self._lang(message, session), utterance, persona)
         stream = self.engine.stream(utterance.strip(), session_id=session.session_id, persona=persona.name,
                                     lang=lang, speaker=self._speaker(message, session))
-        for _ in stream:
-            pass
+        try:
+            for _ in stream:
+                pass
+        except EngineBusy as err:
+            self._error(message, str(err))
+            return
         answer = stream.answer
         if not answer.sentences:
             self._error(message, f"{answer.persona} could not answer")

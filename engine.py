@@ -17,6 +17,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Protocol,
 
 from ovos_utils.log import LOG
 
+from .concurrency import FairSemaphore, QueueFull
 from .chain import ChainLink, ChainResult, Deadlines, SolverChain, SolverFailure, SolverInput
 from .languages import FALLBACK_LANG, base_lang, normalize_lang
 from .memory import ConversationMemory
@@ -31,6 +32,9 @@ DEFAULT_PERSONA = "Ava"
 DEFAULT_MAX_UTTERANCE_CHARS = 2000
 #: sessions whose active persona is remembered; the oldest is forgotten first
 DEFAULT_MAX_SESSIONS = 10000
+#: answers generated at once; more wait in arrival order, up to DEFAULT_MAX_WAITING of them
+DEFAULT_MAX_CONCURRENT = 4
+DEFAULT_MAX_WAITING = 16
 FUZZY_CUTOFF = 0.6
 
 
@@ -48,6 +52,10 @@ class Translator(Protocol):
 
 class NoPersonaError(LookupError):
     """No usable persona matches the request."""
+
+
+class EngineBusy(RuntimeError):
+    """Too many answers are being generated and the waiting line is full."""
 
 
 @dataclass
@@ -98,6 +106,8 @@ class PersonaEngine:
                  max_sessions: int = DEFAULT_MAX_SESSIONS,
                  memory_caps: Optional[MemorySettings] = None,
                  default_lang: str = FALLBACK_LANG,
+                 max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+                 max_waiting: int = DEFAULT_MAX_WAITING,
                  clock: Callable[[], float] = time.time) -> None:
         self.memory = memory if memory is not None else ConversationMemory()
         self.translator = translator
@@ -107,6 +117,7 @@ class PersonaEngine:
         self.memory_caps = memory_caps
         #: the language used when a request says "auto" and detection cannot tell
         self.default_lang = default_lang
+        self.admission = FairSemaphore(max_concurrent, max_waiting)
         self._solver_factory = solver_factory
         self._known_solvers = known_solvers
         self._clock = clock
@@ -246,6 +257,15 @@ class PersonaEngine:
         finished = False
         self._register(session_id, token)
         try:
+            admitted = self.admission.acquire(token)
+        except QueueFull as err:
+            self._unregister(session_id, token)
+            raise EngineBusy(f"too many answers at once ({err})") from err
+        if not admitted:
+            self._unregister(session_id, token)
+            answer.result.cancelled = True
+            return
+        try:
             limits = self.memory_limits(persona)
             history = self.memory.history(session_id, persona.name, max_turns=limits.max_turns,
                                           max_age_minutes=limits.max_age_minutes)
@@ -278,6 +298,7 @@ class PersonaEngine:
                     yield self._to_user(sentence, answer.result.lang, user_lang, answer)
             finished = not token.cancelled
         finally:
+            self.admission.release()
             self._unregister(session_id, token)
             if said:
                 interrupted = not finished or answer.result.interrupted

@@ -17,6 +17,8 @@ DEFAULT_SETTINGS: Dict[str, Any] = {
     "default_lang": "en-us",
     "translation_module": "",
     "detection_module": "",
+    "max_concurrent_answers": 4,
+    "max_waiting_answers": 16,
 }
 
 
@@ -47,6 +49,8 @@ _RULES: Dict[str, _Rule] = {
     "default_lang": _Rule(lambda v: isinstance(v, str) and 2 <= len(v) <= 35, "a language tag"),
     "translation_module": _Rule(lambda v: isinstance(v, str), "a plugin name, or empty for mycroft.conf's"),
     "detection_module": _Rule(lambda v: isinstance(v, str), "a plugin name, or empty for mycroft.conf's"),
+    "max_concurrent_answers": _number(1, 64, integer=True),
+    "max_waiting_answers": _number(0, 1000, integer=True),
 }
 
 

@@ -48,12 +48,14 @@ import stat
 import threading
 import weakref
 from bisect import bisect_right
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ovos_utils.log import LOG
+
+from ..concurrency import FairLock
 
 from .base import (CancelToken, ChatMessage, GenerationSettings, Role, Solver, SolverConfigError,
                    SolverContext, SolverUnavailable)
@@ -72,71 +74,6 @@ PREFILL_CHUNK_TOKENS = 64
 MIN_QUESTION_TOKENS = 32
 
 LlamaFactory = Callable[..., Any]
-
-
-class FairLock:
-    """A lock granted in arrival order (FIFO); a waiter whose cancel token fires stops waiting.
-
-    ``threading.Lock`` lets whichever thread wakes first win, so a busy persona could starve a
-    user who asked earlier. Here each waiter takes a ticket in a queue and only the head may take
-    the lock when it is free.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._queue: Deque[object] = deque()
-        self._held = False
-
-    @property
-    def waiting(self) -> int:
-        """How many callers are queued (not counting the holder)."""
-        with self._cond:
-            return len(self._queue)
-
-    @property
-    def locked(self) -> bool:
-        """True while someone holds the lock."""
-        with self._cond:
-            return self._held
-
-    def acquire(self, cancel: Optional[CancelToken] = None) -> bool:
-        """Wait for our turn; return True once held, False if ``cancel`` fired first."""
-        ticket = object()
-        with self._cond:
-            if cancel is not None and cancel.cancelled:
-                return False
-            if not self._held and not self._queue:
-                self._held = True
-                return True
-            self._queue.append(ticket)
-        # registered outside the condition: on_cancel runs the callback at once if already set
-        unregister = cancel.on_cancel(self._wake) if cancel is not None else (lambda: None)
-        try:
-            with self._cond:
-                while True:
-                    if cancel is not None and cancel.cancelled:
-                        self._queue.remove(ticket)
-                        self._cond.notify_all()  # the next in line may be free to go now
-                        return False
-                    if not self._held and self._queue[0] is ticket:
-                        self._queue.popleft()
-                        self._held = True
-                        return True
-                    self._cond.wait()
-        finally:
-            unregister()
-
-    def release(self) -> None:
-        """Hand the lock to the next caller in line."""
-        with self._cond:
-            if not self._held:
-                raise RuntimeError("release of an unlocked FairLock")
-            self._held = False
-            self._cond.notify_all()
-
-    def _wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
 
 
 @dataclass

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import logging
 import re
 import socket
 import threading

@@ -2,7 +2,6 @@
 a real HTTP server playing the remote model, and a real translation plugin."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

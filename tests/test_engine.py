@@ -84,7 +84,7 @@ SESSION_ISOLATION = [
 @pytest.mark.parametrize("what", SESSION_ISOLATION)
 def test_sessions_are_isolated(box, engine_with, what):
     solver = box.add("scripted")
-    other = box.add("other")
+    box.add("other")
     engine = engine_with(make_persona(), make_persona("Bob", ("other",)))
     if what == "history":
         solver.enqueue("A answer.")
@@ -212,3 +212,50 @@ def test_two_sessions_at_once_get_their_own_answers(box, engine_with):
     asked = {call.conversation_id: call.messages[-1].content for call in solver.calls}
     assert asked == {"A": "question A", "B": "question B"}
     assert sorted(r.text for r in results.values()) == ["Answer one.", "Answer two."]
+
+
+def test_admission_queues_in_order_and_refuses_when_the_line_is_full(box, engine_with):
+    from ovos_skill_persona_fallback.engine import EngineBusy
+
+    solver = box.add("scripted")
+    for name in ("first", "second", "third"):
+        solver.enqueue(f"{name}.", first_delay=0.2)
+    engine = engine_with(make_persona(), max_concurrent=1, max_waiting=1)
+    results = {}
+
+    def ask(session):
+        try:
+            results[session] = engine.ask("q", session_id=session).text
+        except EngineBusy as err:
+            results[session] = f"busy: {err}"
+
+    threads = []
+    for session in ("A", "B", "C"):
+        thread = threading.Thread(target=ask, args=(session,))
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join(3)
+    assert results["A"] == "first." and results["B"] == "second."
+    assert results["C"].startswith("busy: too many answers at once")
+    assert [call.conversation_id for call in solver.calls] == ["A", "B"]
+    assert engine.admission.held == 0 and not engine.is_busy("C")
+
+
+def test_stop_while_waiting_for_admission_leaves_the_line(box, engine_with):
+    solver = box.add("scripted").enqueue("slow.", first_delay=0.5)
+    engine = engine_with(make_persona(), max_concurrent=1, max_waiting=4)
+    first = threading.Thread(target=engine.ask, args=("q",), kwargs={"session_id": "A"})
+    first.start()
+    time.sleep(0.05)
+    waiting = {}
+    second = threading.Thread(target=lambda: waiting.setdefault("answer", engine.ask("q", session_id="B")))
+    second.start()
+    time.sleep(0.05)
+    assert engine.admission.waiting == 1
+    engine.stop("B")
+    second.join(0.2)
+    assert not second.is_alive() and waiting["answer"].result.cancelled
+    first.join(2)
+    assert len(solver.calls) == 1

@@ -362,3 +362,14 @@ def test_settings_persona_dirs_reload(skill_env, box, tmp_path):
     skill.settings.update({"persona_dirs": [str(folder)]})
     skill.on_settings_changed()
     assert "Carla" in skill.engine.personas
+
+
+def test_busy_line_when_every_slot_and_the_line_are_taken(skill_env, box):
+    box.add("scripted").enqueue("Slow answer.", first_delay=0.5).enqueue("never")
+    skill, bus, rec = skill_env(max_concurrent_answers=1, max_waiting_answers=0, thinking_delay=5)
+    bus.emit(request("first", "A"))
+    time.sleep(0.1)
+    ask(bus, rec, request("second", "B"))
+    assert rec.spoken("B") == list(dialog_lines("en-us", "busy"))
+    rec.wait_for("ovos.utterance.handled", "A")
+    assert rec.spoken("A") == ["Slow answer."]

@@ -6,13 +6,15 @@ the satellite that asked. Everything else lives in plain Python modules beside i
 """
 from __future__ import annotations
 
+import copy
 import random
 import threading
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ovos_bus_client.message import Message
 from ovos_bus_client.session import Session, SessionManager
 from ovos_utils import classproperty
+from ovos_utils.events import get_handler_name
 from ovos_utils.process_utils import RuntimeRequirements
 from ovos_workshop.decorators import intent_handler
 from ovos_workshop.skills.fallback import FallbackSkill
@@ -28,9 +30,28 @@ from .translation import Translator
 SKILL_ID = "ovos-skill-persona-fallback.openpersona"
 
 
+def _clean(text: str) -> str:
+    """Return ``text`` with lone surrogates replaced by U+FFFD.
+
+    JSON escapes on the bus can carry them (``"\\ud800"``), and such text cannot be encoded as
+    UTF-8: SQLite, the websocket and HTTP clients all refuse it.
+    """
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def _text(value: Any) -> str:
-    """Return ``value`` if it is non-blank text, else ""."""
-    return value.strip() if isinstance(value, str) else ""
+    """Return ``value`` stripped and cleaned if it is text, else ""."""
+    return _clean(value).strip() if isinstance(value, str) else ""
+
+
+def _session_key(value: Any) -> str:
+    """Return a session id as text SQLite and HTTP accept (the bus carries any JSON value there).
+
+    Lone surrogates become ``\\ud800`` escapes rather than U+FFFD, so distinct ids stay distinct.
+    """
+    if not isinstance(value, str):
+        return str(value)
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class PersonaFallbackSkill(FallbackSkill):
@@ -110,10 +131,15 @@ class PersonaFallbackSkill(FallbackSkill):
 
     def _session(self, message: Message) -> Session:
         try:
-            return SessionManager.get(message)
+            session = SessionManager.get(message)
         except Exception as err:  # a malformed session in a bus message must not kill the handler
             self.log.warning(f"malformed session in {message.msg_type}: {err}; using the default session")
             return SessionManager.default_session
+        key = _session_key(session.session_id)
+        if key != session.session_id:
+            session = copy.copy(session)  # SessionManager keeps the original
+            session.session_id = key
+        return session
 
     def _lang(self, message: Message, session: Session) -> str:
         """The asker's language: the message's, else the session's; "auto" lets the engine detect it."""
@@ -125,6 +151,16 @@ class PersonaFallbackSkill(FallbackSkill):
             if normalize_lang(candidate, default=""):
                 return normalize_lang(candidate)
         return normalize_lang(self._config["default_lang"])
+
+    def _dialog_lang(self, message: Message, session: Session) -> str:
+        """The language to answer a voice command in: ``_lang``'s, with "auto" detected from the utterance."""
+        lang = self._lang(message, session)
+        if lang != "auto":
+            return lang
+        translator = self.engine.translator if self.engine is not None else None
+        utterance = _text(message.data.get("utterance")) if isinstance(message.data, dict) else ""
+        detected = translator.detect(utterance) if translator is not None and utterance else None
+        return normalize_lang(detected, default="") or normalize_lang(self._config["default_lang"])
 
     @staticmethod
     def _speaker(message: Message, session: Session) -> Speaker:
@@ -154,23 +190,56 @@ class PersonaFallbackSkill(FallbackSkill):
 
     # -- fallback ------------------------------------------------------------------------------
 
+    def _claim(self, message: Message) -> Optional[Tuple[str, Session, Persona]]:
+        """Return (utterance, session, persona) when the skill can answer, else None; calls no solver."""
+        if not self._config["enabled"] or self.engine is None:
+            return None
+        utterances = message.data.get("utterances") if isinstance(message.data, dict) else None
+        utterance = _text(utterances[0]) if isinstance(utterances, list) and utterances else ""
+        if not utterance:
+            return None
+        session = self._session(message)
+        persona = self.engine.active_persona(session.session_id)
+        return (utterance, session, persona) if persona is not None else None
+
     def can_answer(self, message: Message) -> bool:
         """Fast check (no solver is called): enabled, some persona usable, a non-empty utterance."""
-        if not self._config["enabled"] or self.engine is None:
-            return False
-        utterances = message.data.get("utterances") if isinstance(message.data, dict) else None
-        if not isinstance(utterances, list) or not utterances or not _text(utterances[0]):
-            return False
-        return self.engine.active_persona(self._session(message).session_id) is not None
+        return self._claim(message) is not None
+
+    def _handle_fallback_request(self, message: Message) -> None:
+        """Run each fallback request on a plain thread of its own.
+
+        Overrides ovos-workshop's killable wrapper, which keeps every request's thread and a bus
+        listener per request for the life of the skill (memory that grows with every answer) and
+        exists for force-killing, which ovos-core 2.1 no longer does. A thread of our own keeps
+        core's bus thread pool free while an answer streams.
+        """
+        threading.Thread(target=self._run_fallback_request, args=(message,), daemon=True,
+                         name=f"fallback-{self.skill_id}").start()
+
+    def _run_fallback_request(self, message: Message) -> None:
+        """The fallback protocol: ``.start``, the answer, ``.response``, ``ovos.utterance.handled``."""
+        self.bus.emit(message.forward(f"ovos.skills.fallback.{self.skill_id}.start"))
+        handled, handler_name = False, None
+        for _, handler in sorted(self._fallback_handlers, key=lambda entry: entry[0]):
+            handler_name = get_handler_name(handler)
+            try:
+                handled = bool(handler(message))
+            except Exception as err:  # once claimed, core must still hear how the request ended
+                self.log.exception(f"fallback handler {handler_name} failed: {err}")
+            if handled:
+                break
+        self.bus.emit(message.forward(f"ovos.skills.fallback.{self.skill_id}.response",
+                                      {"result": handled, "fallback_handler": handler_name}))
+        self.bus.emit(message.forward("ovos.utterance.handled"))
 
     def handle_fallback(self, message: Message) -> bool:
         """Answer inside the request, sentence by sentence; always say something once claimed."""
-        if not self.can_answer(message):
+        claim = self._claim(message)
+        if claim is None:
             return False
-        session = self._session(message)
-        lang = self._lang(message, session)
-        persona = self.engine.active_persona(session.session_id)
-        self._answer(message, _text(message.data["utterances"][0]), session, lang, persona)
+        utterance, session, persona = claim
+        self._answer(message, utterance, session, self._lang(message, session), persona)
         return True
 
     def _answer(self, message: Message, utterance: str, session: Session, lang: str,
@@ -228,7 +297,7 @@ class PersonaFallbackSkill(FallbackSkill):
 
     def stop_session(self, session: Session) -> bool:
         """Cancel only this session's generation; True if something was stopped."""
-        return self.engine is not None and self.engine.stop(session.session_id)
+        return self.engine is not None and self.engine.stop(_session_key(session.session_id))
 
     def stop(self) -> bool:
         """Global stop without a session: nothing to do, every stop here is per session."""
@@ -240,7 +309,7 @@ class PersonaFallbackSkill(FallbackSkill):
     def handle_switch_persona(self, message: Message) -> None:
         """Switch the session to the named persona (matched fuzzily)."""
         session, name = self._session(message), _text(message.data.get("persona"))
-        lang = self._lang(message, session)
+        lang = self._dialog_lang(message, session)
         try:
             persona = self.engine.set_active(session.session_id, name)
         except NoPersonaError:
@@ -253,7 +322,7 @@ class PersonaFallbackSkill(FallbackSkill):
         """Say which persona this session talks to."""
         session = self._session(message)
         persona = self.engine.active_persona(session.session_id)
-        lang = self._lang(message, session)
+        lang = self._dialog_lang(message, session)
         if persona is None:
             self._say_dialog(message, lang, "no_personas")
         else:
@@ -262,7 +331,7 @@ class PersonaFallbackSkill(FallbackSkill):
     @intent_handler("list_personas.intent")
     def handle_list_personas(self, message: Message) -> None:
         """Say the names of the loaded personas."""
-        lang = self._lang(message, self._session(message))
+        lang = self._dialog_lang(message, self._session(message))
         names = self._persona_names()
         self._say_dialog(message, lang, "list_personas" if names else "no_personas", personas=names)
 
@@ -271,7 +340,7 @@ class PersonaFallbackSkill(FallbackSkill):
         """Forget this session's conversation with every persona."""
         session = self._session(message)
         self.engine.forget(session.session_id)
-        self._say_dialog(message, self._lang(message, session), "forgot")
+        self._say_dialog(message, self._dialog_lang(message, session), "forgot")
 
     @intent_handler("release_persona.intent")
     def handle_release_persona(self, message: Message) -> None:
@@ -279,7 +348,7 @@ class PersonaFallbackSkill(FallbackSkill):
         session = self._session(message)
         self.engine.reset_active(session.session_id)
         persona = self.engine.active_persona(session.session_id)
-        self._say_dialog(message, self._lang(message, session), "released",
+        self._say_dialog(message, self._dialog_lang(message, session), "released",
                          persona=persona.name if persona else "")
 
     # -- bus API -------------------------------------------------------------------------------
@@ -316,7 +385,7 @@ class PersonaFallbackSkill(FallbackSkill):
             self._error(message, f"no persona called {name!r}; known personas: {self._persona_names()}")
             return
         lang = self.engine.resolve_lang(self._lang(message, session), utterance, persona)
-        stream = self.engine.stream(utterance.strip(), session_id=session.session_id, persona=persona.name,
+        stream = self.engine.stream(_text(utterance), session_id=session.session_id, persona=persona.name,
                                     lang=lang, speaker=self._speaker(message, session))
         try:
             for _ in stream:
@@ -345,7 +414,7 @@ class PersonaFallbackSkill(FallbackSkill):
             self._error(message, "context must be non-empty text")
             return
         session_id = self._session(message).session_id
-        self.engine.inject_context(session_id, context.strip())
+        self.engine.inject_context(session_id, _text(context))
         self._respond(message, {"session_id": session_id})
 
     def handle_context_clear(self, message: Message) -> None:

@@ -13,6 +13,19 @@ from .solvers import known_solver_ids
 EXIT_OK, EXIT_BAD, EXIT_NO_ANSWER = 0, 1, 2
 
 
+def _arg_text(value: str, errors: str = "replace") -> str:
+    """Return a command-line argument as text SQLite accepts; bytes that are not UTF-8 are decoded
+    with ``errors`` ("replace": U+FFFD; "backslashreplace": ``\\xff``, which keeps ids distinct).
+
+    Python hands such bytes over as lone surrogates, which SQLite (the memory) refuses.
+    """
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no command line produces: cli.main called in-process
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", errors)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print ``OK name`` or the problems for every persona file; 1 if any is bad."""
     known = known_solver_ids()
@@ -64,7 +77,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
     engine, persona = _engine(args)
     try:
         try:
-            stream = engine.stream(args.question, session_id=args.session, persona=persona, lang=args.lang)
+            session_id = _arg_text(args.session, "backslashreplace")
+            stream = engine.stream(_arg_text(args.question), session_id=session_id, persona=persona,
+                                   lang=args.lang)
         except NoPersonaError as err:
             known = ", ".join(sorted(engine.personas)) or "none"
             print(f"error: {err} (known personas: {known})", file=sys.stderr)

@@ -185,6 +185,20 @@ def choice_text(payload: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
+def _secret_strings(values: Sequence[Optional[str]]) -> List[str]:
+    """Return every string to hide: each value, and the token of "Bearer <token>"-style values,
+    longest first so a value is replaced whole before its token is looked for."""
+    found = set()
+    for value in values:
+        if not value:
+            continue
+        found.add(value)
+        token = value.split()[-1] if value.split() else ""
+        if len(token) >= 8:
+            found.add(token)
+    return sorted(found, key=len, reverse=True)
+
+
 def error_text(payload: Any) -> str:
     """Return the human message of an OpenAI/FastAPI-style error body ('' if none is found)."""
     if not isinstance(payload, dict):
@@ -192,7 +206,7 @@ def error_text(payload: Any) -> str:
     error = payload.get("error")
     if isinstance(error, dict):
         message = error.get("message")
-        return str(message) if message else json.dumps(error)[:ERROR_SNIPPET_CHARS]
+        return str(message) if message else json.dumps(error)
     for value in (error, payload.get("message"), payload.get("detail")):
         if isinstance(value, str) and value:
             return value
@@ -408,8 +422,8 @@ class OpenAISolver(Solver):
         if isinstance(self.backoff, bool) or not isinstance(self.backoff, (int, float)) or self.backoff < 0:
             raise SolverConfigError("openai solver: backoff must be a number of seconds >= 0")
         self.generation = context.generation.merged(config)
-        self._secrets = [secret for secret in [self._key] + [
-            value for name, value in self.headers.items() if _SECRET_HEADER.search(name)] if secret]
+        self._secrets = _secret_strings([self._key] + [
+            value for name, value in self.headers.items() if _SECRET_HEADER.search(name)])
         self._session = session if session is not None else requests.Session()
         self._lock = threading.Lock()
         self._working_url: Optional[str] = None
@@ -593,7 +607,6 @@ class OpenAISolver(Solver):
     def _post(self, url: str, body: Mapping[str, Any], headers: Mapping[str, str],
               cancel: CancelToken, call: _Call) -> requests.Response:
         where = self._redact(url)
-        LOG.debug("POST %s (stream=%s)", where, body.get("stream"))
         try:
             response = self._session.post(url, json=body, headers=headers, stream=True,
                                           timeout=(self.connect_timeout, self.read_timeout))
@@ -666,8 +679,9 @@ class OpenAISolver(Solver):
         try:
             return json.loads(body.decode("utf-8", errors="replace"))
         except ValueError as err:
+            snippet = self._redact(body.decode("utf-8", errors="replace"))[:ERROR_SNIPPET_CHARS]
             raise SolverResponseError(f"{self._redact(self.api_url)} sent a reply that is not JSON: "
-                                      f"{bytes(body[:ERROR_SNIPPET_CHARS])!r}") from err
+                                      f"{snippet!r}") from err
 
     def _error_message(self, response: requests.Response) -> str:
         """Read (bounded) and close an error response; return its redacted message."""
@@ -682,4 +696,5 @@ class OpenAISolver(Solver):
             message = error_text(json.loads(text))
         except ValueError:
             message = ""
-        return self._redact(message or text.strip()[:ERROR_SNIPPET_CHARS])
+        # redact before cutting: a cut could split a key and leave half of it unmatched
+        return self._redact(message or text.strip())[:ERROR_SNIPPET_CHARS]

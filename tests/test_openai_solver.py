@@ -319,7 +319,7 @@ def test_401_is_a_config_error_and_the_key_never_appears(openai_server, caplog):
     for link in exception_chain(err):
         assert KEY not in str(link) and KEY not in repr(link)
     assert KEY not in repr(solver)
-    assert "POST" in caplog.text and KEY not in caplog.text  # the solver's debug lines were captured
+    assert "POST" in caplog.text and KEY not in caplog.text  # DEBUG capture was on: urllib3 logged the request
 
 
 def test_echoed_secrets_are_redacted_in_retry_logs_and_errors(openai_server, caplog):

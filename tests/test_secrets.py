@@ -120,24 +120,7 @@ SERVERS = [
     Server("200 stream carrying an error event that echoes the header",
            SSEStream(sse(chat_chunk(role="assistant"), error_body(f"bad credentials Bearer {KEY}")))),
 ]
-#: leaks in solvers/openai_compat.py (not this suite's to fix), reported; remove once fixed there
-BARE_TOKEN_LEAK = pytest.mark.xfail(reason=(
-    "openai_compat.OpenAISolver redacts a secret header's whole value ('Bearer <key>'), so a server "
-    "echoing just the token leaks it"), strict=False)
-CUT_KEY_LEAK = pytest.mark.xfail(reason=(
-    "openai_compat.OpenAISolver._error_message cuts the body to ERROR_SNIPPET_CHARS before redacting, "
-    "so a key cut in two by the limit is not recognised and its first half leaks"), strict=False)
-
-
-def _marks(holder: "Holder", server: Server) -> list:
-    if server.name == "401 plain text, key cut by the snippet limit":
-        return [CUT_KEY_LEAK]
-    if holder.name == "Bearer" and "token" in server.name:
-        return [BARE_TOKEN_LEAK]
-    return []
-
-
-CASES = [pytest.param(holder, server, id=f"{holder.name}-{server.name}", marks=_marks(holder, server))
+CASES = [pytest.param(holder, server, id=f"{holder.name}-{server.name}")
          for holder in HOLDERS for server in SERVERS]
 
 

@@ -329,9 +329,12 @@ class PersonaEngine:
                   said: Sequence[str], answer: Answer, user_lang: str, interrupted: bool) -> None:
         translated = solver_question != user_question or answer.sentences != list(said)
         limits = self.memory_limits(persona)
+        # a complete answer is remembered as the solver wrote it, so the next prompt repeats the
+        # model's own text and a local model reuses its cache; a cut one as what was delivered
+        solver_answer = answer.result.text if not interrupted else " ".join(said)
         try:
             self.memory.record(
-                session_id, persona.name, solver_question, " ".join(said), interrupted=interrupted,
+                session_id, persona.name, solver_question, solver_answer, interrupted=interrupted,
                 user_question=user_question if translated else None,
                 user_answer=answer.text if translated else None, lang=user_lang,
                 max_turns=limits.max_turns, max_age_minutes=limits.max_age_minutes)

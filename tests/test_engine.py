@@ -259,3 +259,14 @@ def test_stop_while_waiting_for_admission_leaves_the_line(box, engine_with):
     assert not second.is_alive() and waiting["answer"].result.cancelled
     first.join(2)
     assert len(solver.calls) == 1
+
+
+def test_complete_answers_are_remembered_as_the_solver_wrote_them(box, engine_with, memory):
+    # the next prompt repeats the model's own text (markdown, spacing), so a local model's cache holds
+    solver = box.add("scripted").enqueue(" **Bold**  answer.\n- item").enqueue("ok")
+    engine = engine_with(make_persona())
+    assert engine.ask("q1", session_id="s").sentences == ["Bold answer.", "item"]
+    engine.ask("q2", session_id="s")
+    assert solver.calls[1].messages[1] == ChatMessage(Role.ASSISTANT, " **Bold**  answer.\n- item")
+    [turn, _] = memory.history("s", "Ada", max_turns=5)
+    assert (turn.answer, turn.interrupted) == (" **Bold**  answer.\n- item", False)

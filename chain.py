@@ -184,8 +184,8 @@ class SolverChain:
                 elapsed = self._clock() - started
                 limit = link.deadlines.total if got_text else link.deadlines.first_chunk
                 if elapsed >= limit:
-                    what = "the whole answer" if got_text else "the first chunk"
-                    raise SolverTimeout(f"{link.solver_id} gave no {what} within {limit:g} s")
+                    what = "did not finish the whole answer" if got_text else "gave no first chunk"
+                    raise SolverTimeout(f"{link.solver_id} {what} within {limit:g} s")
                 if cancel.cancelled:
                     result.cancelled = True
                     return

@@ -103,19 +103,26 @@ class ConversationMemory:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             return self._connect(self.path)
         except sqlite3.DatabaseError as err:
-            if _is_corrupt(err) and Path(self.path).is_file():
-                moved = self._move_aside()
-                if moved:
-                    try:
-                        return self._connect(self.path)
-                    except sqlite3.Error as retry_err:
-                        return self._degrade(retry_err)
+            if _is_corrupt(err):
+                return self._replace_corrupt(err)
             return self._degrade(err)
         except OSError as err:
             return self._degrade(err)
 
+    def _replace_corrupt(self, err: sqlite3.DatabaseError) -> sqlite3.Connection:
+        """Move a corrupt file aside and start a new one there; RAM if that fails too."""
+        if Path(self.path).is_file() and self._move_aside():
+            try:
+                return self._connect(self.path)
+            except sqlite3.Error as retry_err:
+                return self._degrade(retry_err)
+        return self._degrade(err)
+
     def _move_aside(self) -> Optional[Path]:
-        target = Path(f"{self.path}.corrupt-{int(self._clock())}")
+        stamp = f"{self.path}.corrupt-{int(self._clock())}"
+        target, count = Path(stamp), 1
+        while target.exists():  # never replace (delete) a file moved aside earlier
+            target, count = Path(f"{stamp}.{count}"), count + 1
         try:
             os.replace(self.path, target)
             for suffix in ("-wal", "-shm"):
@@ -142,7 +149,11 @@ class ConversationMemory:
         return memory
 
     def _run(self, operation: Callable[[sqlite3.Connection], object]) -> object:
-        """Run one operation under the lock; on a database failure degrade to RAM and retry once."""
+        """Run one operation under the lock; on a database failure switch stores and retry once.
+
+        A corrupt file (found by a query, past the pages read at open) is moved aside for a new
+        one: copying its pages into RAM would copy the damage. Anything else degrades to RAM.
+        """
         with self._lock:
             try:
                 return operation(self._conn)
@@ -150,8 +161,12 @@ class ConversationMemory:
                 if self.path == IN_MEMORY or self.degraded is not None:
                     raise
                 broken = self._conn
-                self._conn = self._degrade(err, source=broken)
-                _close_quietly(broken)
+                if isinstance(err, sqlite3.DatabaseError) and _is_corrupt(err):
+                    _close_quietly(broken)
+                    self._conn = self._replace_corrupt(err)
+                else:
+                    self._conn = self._degrade(err, source=broken)
+                    _close_quietly(broken)
                 return operation(self._conn)
 
     # -- turns -------------------------------------------------------------------------------
@@ -165,9 +180,11 @@ class ConversationMemory:
         cutoff = self._clock() - max_age_minutes * 60 if max_age_minutes > 0 else float("-inf")
 
         def select(conn: sqlite3.Connection) -> List[Turn]:
+            # "+created_at" keeps SQLite on turns_by_conversation: with the age index it would read
+            # every turn of the persona (all sessions) and sort them, slower as memory fills
             rows = conn.execute(
                 "SELECT question, answer, created_at, interrupted, user_question, user_answer, lang "
-                "FROM turns WHERE session_id = ? AND persona = ? AND created_at >= ? "
+                "FROM turns WHERE session_id = ? AND persona = ? AND +created_at >= ? "
                 "ORDER BY id DESC LIMIT ?",
                 (session_id, persona, cutoff, max_turns)).fetchall()
             return [Turn(q, a, t, bool(i), uq, ua, lang) for q, a, t, i, uq, ua, lang in reversed(rows)]

@@ -31,6 +31,8 @@ setup(
     extras_require={
         "llama": ["llama-cpp-python>=0.3.16,<0.4"],
         "demo": ["ovos-messagebus>=0.0.10,<0.1"],
+        # the anchors the benchmarks compare against, pinned to the versions measured
+        "bench": ["ovos-persona==0.7.1", "ovos-openai-plugin==2.0.6"],
         "test": [
             "llama-cpp-python[server]>=0.3.16,<0.4",
             "pytest>=8,<10",

@@ -156,3 +156,15 @@ def test_locked_database_degrades_to_ram_and_keeps_old_turns(tmp_path, monkeypat
 
 def test_turn_dataclass_defaults():
     assert Turn("q", "a", 1.0) == Turn("q", "a", 1.0, False, None, None, None)
+
+
+def test_history_lookup_uses_the_conversation_index():
+    store = ConversationMemory(":memory:")
+    statements = []
+    store._conn.set_trace_callback(statements.append)
+    store.history("s", "Ada", max_turns=5, max_age_minutes=10)
+    store._conn.set_trace_callback(None)
+    [query] = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
+    plan = store._conn.execute(f"EXPLAIN QUERY PLAN {query}").fetchall()
+    assert any("turns_by_conversation" in row[-1] for row in plan), plan
+    assert not any("TEMP B-TREE" in row[-1] for row in plan), plan

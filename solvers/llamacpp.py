@@ -26,8 +26,9 @@ How a turn runs, and why this way rather than ``create_chat_completion(stream=Tr
    Cancelling makes ``stream`` simply return; the chain knows it cancelled.
 
 Measuring reuse: the solver evaluates the prompt itself (``Llama.eval`` on the tokens after the
-reused prefix, all but the last one) and sets ``n_tokens`` so that ``Llama.generate`` finds
-everything but the last prompt token cached and evaluates just that one before sampling.
+reused prefix, at least one so the logits are live) and ``Llama.generate`` then finds the whole
+prompt cached and samples at once, with no decode call more than raw llama-cpp-python makes
+(libraries older than 0.3.2x are left the last prompt token to evaluate themselves).
 ``prompt_tokens_evaluated`` is therefore exactly the number of prompt tokens handed to llama.cpp's
 decoder; the tests cross-check it against llama.cpp's own performance counters.
 
@@ -584,11 +585,12 @@ class LlamaCppSolver(Solver):
         return model.restore(wanted)
 
     def _prefill(self, model: _LoadedModel, tokens: List[int], cancel: CancelToken) -> Tuple[int, int, bool]:
-        """Evaluate the prompt but its last token after the reusable prefix.
+        """Evaluate the prompt after the reusable prefix.
 
-        Return (tokens reused, tokens that will have been evaluated, completed). The last token is
-        left to ``Llama.generate``: it then finds all but that one cached (every 0.3.x version
-        agrees on that case) and evaluates exactly one token before sampling.
+        Return (tokens reused, tokens that will have been evaluated, completed). Versions that
+        track whether the logits are live (``_requires_eval``, 0.3.2x on) let ``Llama.generate``
+        sample at once from a prompt evaluated here in full; older ones are left the last token,
+        which they then evaluate themselves (one more decode call before the first token).
         """
         llama = model.llama
         if not tokens:
@@ -602,12 +604,13 @@ class LlamaCppSolver(Solver):
         llama.n_tokens = reuse  # Llama.eval drops the cache from n_tokens on
         # small chunks on CPU keep cancel prompt; a GPU does a whole batch in milliseconds
         size = PREFILL_CHUNK_TOKENS if self.n_gpu_layers == 0 else max(PREFILL_CHUNK_TOKENS, llama.n_batch)
-        for start in range(reuse, len(tokens) - 1, size):
+        end = len(tokens) if hasattr(llama, "_requires_eval") else len(tokens) - 1
+        for start in range(reuse, end, size):
             if cancel.cancelled:
                 return reuse, start - reuse, False
-            llama.eval(tokens[start:min(start + size, len(tokens) - 1)])
+            llama.eval(tokens[start:min(start + size, end)])
         if cancel.cancelled:
-            return reuse, len(tokens) - 1 - reuse, False
+            return reuse, end - reuse, False
         return reuse, len(tokens) - reuse, True
 
     # -- the answer ----------------------------------------------------------------------------

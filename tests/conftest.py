@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -118,6 +119,24 @@ def ovos_logs_reach_caplog(monkeypatch):
         return logger
 
     monkeypatch.setattr(LOG, "create_logger", staticmethod(propagating))
+
+
+#: a deterministic translation/detection plugin pair, registered through real entry points
+PLUGIN_SITE = Path(__file__).resolve().parent / "plugins" / "site"
+PLUGINS = {"translation_module": "persona-test-translate", "detection_module": "persona-test-detect"}
+
+
+@pytest.fixture
+def plugin(monkeypatch):
+    """Put the test plugin's distribution on sys.path so its entry points are found."""
+    monkeypatch.syspath_prepend(str(PLUGIN_SITE))
+    import persona_test_lang_plugin as module
+
+    module.CALLS.clear()
+    module.FAIL_WITH.clear()
+    yield module
+    module.CALLS.clear()
+    module.FAIL_WITH.clear()
 
 
 @pytest.fixture

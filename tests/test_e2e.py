@@ -3,15 +3,14 @@ a real HTTP server playing the remote model, and a real translation plugin."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from ovos_bus_client.message import Message
 
 from ovos_skill_persona_fallback.demo import SKILL_ID, OVOSStack, session_id_of
+from conftest import PLUGIN_SITE, PLUGINS
 from openai_server import EndlessStream, FakeOpenAIServer, SSEStream, chat_chunk, sse
 
-PLUGIN_SITE = Path(__file__).resolve().parent / "plugins" / "site"
 FALLBACK = f"ovos.skills.fallback.{SKILL_ID}"
 
 
@@ -41,8 +40,7 @@ def stack(tmp_path_factory, remote):
     (personas / "remote.yaml").write_text(
         "name: Remote\nlang: en-us\nsystem_prompt: You are {name}.\nsolvers: [openai, failure]\n"
         f"openai: {{api_url: '{remote.url}/v1', timeout: {{read: 10, first_chunk: 10, total: 60}}}}\n")
-    config = {"language": {"translation_module": "persona-test-translate",
-                           "detection_module": "persona-test-detect"}}
+    config = {"language": dict(PLUGINS)}
     with OVOSStack(config=config, skill_settings={"persona_dirs": [str(personas)], "thinking_delay": 30},
                    env={"PYTHONPATH": str(PLUGIN_SITE)}, timeout=90) as running:
         yield running

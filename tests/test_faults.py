@@ -22,7 +22,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
-from conftest import make_persona
+from conftest import PLUGINS, make_persona
 from openai_server import (SSEStream, Drop, FakeOpenAIServer, _Handler, _HTTPServer, chat_chunk,
                            error_reply, sse)
 from ovos_skill_persona_fallback.engine import Answer, PersonaEngine
@@ -258,22 +258,9 @@ def test_bad_model_file_falls_through_and_a_repaired_file_answers(name, tmp_path
 
 # ------------------------------------------------------------------ the translation plugin raises
 
-PLUGIN_SITE = Path(__file__).resolve().parent / "plugins" / "site"
-PLUGINS = {"translation_module": "persona-test-translate", "detection_module": "persona-test-detect"}
 PT_QUESTION = "Qual é a capital de França?"
 EN_ANSWER = ("The capital of France is Paris. ", "It is a lovely city.")
 
-
-@pytest.fixture
-def plugin(monkeypatch):
-    monkeypatch.syspath_prepend(str(PLUGIN_SITE))
-    import persona_test_lang_plugin as module
-
-    module.CALLS.clear()
-    module.FAIL_WITH.clear()
-    yield module
-    module.CALLS.clear()
-    module.FAIL_WITH.clear()
 
 
 def test_translation_plugin_raising_gives_the_untranslated_answer_then_recovers(plugin, tmp_path, caplog):

@@ -7,31 +7,16 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import make_persona
+from conftest import PLUGIN_SITE, PLUGINS, make_persona
 from ovos_skill_persona_fallback.languages import same_lang
 from ovos_skill_persona_fallback.memory import Turn
 from ovos_skill_persona_fallback.solvers.base import ChatMessage, Role
 from ovos_skill_persona_fallback.translation import Translator
 
-PLUGIN_SITE = Path(__file__).resolve().parent / "plugins" / "site"
-PLUGINS = {"translation_module": "persona-test-translate", "detection_module": "persona-test-detect"}
 
-
-@pytest.fixture
-def plugin(monkeypatch):
-    """Put the test plugin's distribution on sys.path so its entry points are found."""
-    monkeypatch.syspath_prepend(str(PLUGIN_SITE))
-    import persona_test_lang_plugin as module
-
-    module.CALLS.clear()
-    module.FAIL_WITH.clear()
-    yield module
-    module.CALLS.clear()
-    module.FAIL_WITH.clear()
 
 
 def test_plugins_load_through_the_opm_factories(plugin):

@@ -22,7 +22,7 @@ from .chain import ChainLink, ChainResult, Deadlines, SolverChain, SolverFailure
 from .languages import FALLBACK_LANG, base_lang, normalize_lang
 from .memory import ConversationMemory
 from .persona import MemorySettings, Persona, load_personas
-from .prompt import Speaker, build_messages
+from .prompt import Speaker, build_messages, with_answer_instruction
 from .solvers import create_solver, known_solver_ids
 from .solvers.base import CancelToken, ChatMessage, Role, SolverContext, SolverError
 from .speech import SentenceSplitter
@@ -279,6 +279,10 @@ class PersonaEngine:
                 if target == user_lang:
                     solver_question = question
                     return SolverInput(chat, user_lang)
+                if persona.answer_instruction and link.solver is not None and link.solver.supports_history:
+                    solver_question = question  # the persona asked to be told the language instead
+                    return SolverInput(with_answer_instruction(chat, persona.answer_instruction, user_lang),
+                                       user_lang)
                 if base_lang(target) not in translated:
                     text = self.translator.translate(question, target, user_lang)  # type: ignore[union-attr]
                     translated[base_lang(target)] = chat[:-1] + [ChatMessage(Role.USER, text)]

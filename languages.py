@@ -38,6 +38,16 @@ def base_lang(tag: str) -> str:
     return normalize_lang(tag).split("-")[0]
 
 
+@lru_cache(maxsize=256)
+def lang_name(tag: str) -> str:
+    """Return the English name of a tag's base language ("Portuguese" for pt-PT); the tag if unknown."""
+    try:
+        name = langcodes.Language.get(base_lang(tag)).display_name()
+    except (ValueError, LookupError, ImportError):
+        return tag
+    return name if name and not name.lower().startswith("unknown") else tag
+
+
 def same_lang(first: str, second: str) -> bool:
     """True when two tags name the same base language."""
     return base_lang(first) == base_lang(second)

@@ -13,6 +13,7 @@ A persona file holds one persona::
                  seed: null, stop: []}
     memory: {max_turns: 12, max_age_minutes: 1440}
     thinking: {after_seconds: 2, messages: ["Let me think."]}
+    answer_instruction: Answer in {lang}.   # optional: see Persona.answer_instruction
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ DEFAULT_MAX_AGE_MINUTES = 24 * 60
 PLACEHOLDERS = ("name", "user", "location", "date", "time", "lang")
 _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 _RESERVED_KEYS = {"name", "description", "system_prompt", "context", "lang", "solvers", "handlers",
-                  "generation", "memory", "thinking"}
+                  "generation", "memory", "thinking", "answer_instruction"}
 
 
 class PersonaError(ValueError):
@@ -81,6 +82,10 @@ class Persona:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     memory: MemorySettings = field(default_factory=MemorySettings)
     thinking: ThinkingSettings = field(default_factory=ThinkingSettings)
+    #: when set, a chat solver that does not know the user's language is asked in it anyway, with
+    #: this line ({lang}: the language's English name) added to the system message, and nothing
+    #: is translated; when empty, the question and answer are translated
+    answer_instruction: str = ""
     source: str = ""
 
     def solver_config(self, solver_id: str) -> Mapping[str, Any]:
@@ -235,6 +240,7 @@ def parse_persona(data: Any, source: str = "<persona>",
                                        minimum=0, optional=True),
             messages=check.strings(thinking_block.get("messages"), "thinking.messages"),
         ),
+        answer_instruction=check.text(data, "answer_instruction").strip(),
         source=source,
     )
     if check.problems:

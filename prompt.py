@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import List, Optional, Sequence
 
+from .languages import lang_name
 from .memory import Turn
 from .persona import Persona, fill_placeholders
 from .solvers.base import ChatMessage, Role
@@ -61,3 +62,11 @@ def build_messages(persona: Persona, history: Sequence[Turn], question: str, *,
             messages.append(ChatMessage(Role.ASSISTANT, turn.answer))
     messages.append(ChatMessage(Role.USER, question))
     return messages
+
+
+def with_answer_instruction(messages: Sequence[ChatMessage], instruction: str, lang: str) -> List[ChatMessage]:
+    """Return the chat with ``instruction`` ({lang}: the language's name) ending the system message."""
+    line = instruction.replace("{lang}", lang_name(lang))
+    if messages and messages[0].role is Role.SYSTEM:
+        return [ChatMessage(Role.SYSTEM, f"{messages[0].content}\n\n{line}")] + list(messages[1:])
+    return [ChatMessage(Role.SYSTEM, line)] + list(messages)

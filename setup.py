@@ -24,6 +24,7 @@ setup(
         "ovos-utils>=0.8.5,<0.9",
         "ovos-config>=1.2,<2",
         "langcodes>=3.3,<4",
+        "language_data>=1.2,<2",
         "pyyaml>=6,<7",
         "requests>=2.28,<3",
         "rivescript>=1.15,<2",

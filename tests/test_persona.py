@@ -92,6 +92,8 @@ BROKEN = [
     ("block.yaml", "name: A\nsolvers: [failure]\nmemory: 12\n", ["memory: must be a mapping of settings, not int"]),
     ("cfg.yaml", "name: A\nsolvers: [openai]\nopenai: [1]\n", ["openai: must be a mapping of settings, not list"]),
     ("lang.yaml", "name: A\nsolvers: [failure]\nlang: not a tag\n", ["lang: is not a language tag: 'not a tag'"]),
+    ("instruction.yaml", "name: A\nsolvers: [failure]\nanswer_instruction: [x]\n",
+     ["answer_instruction: must be text, not list"]),
     ("thinking.yaml", "name: A\nsolvers: [failure]\nthinking: {after_seconds: fast}\n",
      ["thinking.after_seconds: must be a number, not 'fast'"]),
 ]

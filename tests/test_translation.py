@@ -166,3 +166,23 @@ def test_cli_ask_with_lang_goes_through_the_same_path(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["[pt] 404"]
+
+
+def test_answer_instruction_asks_in_the_users_language_without_translating(plugin, box, engine_with):
+    solver = box.add("scripted", supported_langs=frozenset({"en"})).enqueue("A capital é Paris.")
+    persona = make_persona(system_prompt="You are {name}.", answer_instruction="Always answer in {lang}.")
+    engine = engine_with(persona, translator=Translator(dict(PLUGINS)))
+    answer = engine.ask("Qual é a capital de França?", session_id="s", lang="pt-PT")
+    assert answer.sentences == ["A capital é Paris."]
+    assert solver.calls[0].messages == [ChatMessage(Role.SYSTEM, "You are Ada.\n\nAlways answer in Portuguese."),
+                                        ChatMessage(Role.USER, "Qual é a capital de França?")]
+    assert solver.calls[0].lang == "pt-pt" and plugin.CALLS == []
+
+
+def test_answer_instruction_is_not_added_when_the_solver_knows_the_language(plugin, box, engine_with):
+    solver = box.add("scripted", supported_langs=frozenset({"en", "pt"})).enqueue("Paris.").enqueue("Paris.")
+    engine = engine_with(make_persona(answer_instruction="Always answer in {lang}."),
+                         translator=Translator(dict(PLUGINS)))
+    engine.ask("Qual é a capital?", session_id="s", lang="pt-PT")
+    engine.ask("What is the capital?", session_id="t", lang="en-US")
+    assert [call.messages[0].role for call in solver.calls] == [Role.USER, Role.USER]

@@ -24,7 +24,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-SKILL_ID = "ovos-skill-persona-fallback.openpersona"
+from . import SKILL_ID  # the package (and so the skill module) is loaded first anyway
+
 DEFAULT_TIMEOUT = 90.0
 DEFAULT_ASK_TIMEOUT = 60.0
 BUS_ROUTE = "/core"

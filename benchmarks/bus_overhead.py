@@ -52,9 +52,10 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ovos_skill_persona_fallback import SKILL_ID
+
 from .bus_common import BusTap, machine_note, median, ms, p90, print_table, ratio, utterance, write_json
 
-SKILL_ID = "ovos-skill-persona-fallback.openpersona"
 REQUEST = f"ovos.skills.fallback.{SKILL_ID}.request"
 HANDLER_START = f"ovos.skills.fallback.{SKILL_ID}.start"  # ovos-workshop emits it before our handler runs
 THEIR_MATCH = "persona:query"

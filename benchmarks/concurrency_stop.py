@@ -54,10 +54,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ovos_skill_persona_fallback import SKILL_ID
+
 from .bus_common import (BusTap, add_tests_to_path, machine_note, median, ms, p90, print_table, utterance,
                          write_json)
 
-SKILL_ID = "ovos-skill-persona-fallback.openpersona"
 RESPONSE = f"ovos.skills.fallback.{SKILL_ID}.response"
 CHAT_PATH = "/v1/chat/completions"
 SESSIONS = 10

@@ -24,6 +24,8 @@ BUSY_TIMEOUT_MS = 5000
 #: injected context kept per session, so a misbehaving app cannot grow it without bound
 MAX_CONTEXT_ENTRIES = 20
 MAX_CONTEXT_CHARS = 8000
+#: injected context of sessions that never came back is deleted after this long
+MAX_CONTEXT_AGE_SECONDS = 7 * 24 * 3600
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS turns (
@@ -47,6 +49,7 @@ CREATE TABLE IF NOT EXISTS contexts (
     text TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS contexts_by_session ON contexts (session_id, id);
+CREATE INDEX IF NOT EXISTS contexts_by_age ON contexts (created_at);
 """
 
 
@@ -252,6 +255,8 @@ class ConversationMemory:
                 "DELETE FROM contexts WHERE session_id = ? AND id NOT IN "
                 "(SELECT id FROM contexts WHERE session_id = ? ORDER BY id DESC LIMIT ?)",
                 (session_id, session_id, MAX_CONTEXT_ENTRIES))
+            conn.execute("DELETE FROM contexts WHERE created_at < ?",
+                         (self._clock() - MAX_CONTEXT_AGE_SECONDS,))
 
         self._run(insert)
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from ovos_skill_persona_fallback.memory import MAX_CONTEXT_ENTRIES, ConversationMemory, Turn
+from ovos_skill_persona_fallback.memory import MAX_CONTEXT_AGE_SECONDS, MAX_CONTEXT_ENTRIES, ConversationMemory, Turn
 
 
 class Clock:
@@ -156,3 +156,12 @@ def test_history_lookup_uses_the_conversation_index():
     plan = store._conn.execute(f"EXPLAIN QUERY PLAN {query}").fetchall()
     assert any("turns_by_conversation" in row[-1] for row in plan), plan
     assert not any("TEMP B-TREE" in row[-1] for row in plan), plan
+
+
+def test_context_of_sessions_that_never_came_back_expires():
+    clock = Clock()
+    store = ConversationMemory(":memory:", clock=clock)
+    store.inject_context("gone", "old context")
+    clock.now += MAX_CONTEXT_AGE_SECONDS + 1
+    store.inject_context("here", "new context")
+    assert store.context("gone") == "" and store.context("here") == "new context"

@@ -276,6 +276,14 @@ class Harness:
         assert threading.active_count() <= self.baseline_threads, \
             f"threads left behind: {[t.name for t in threading.enumerate()]}"
 
+    def finish(self, caplog: pytest.LogCaptureFixture, start: int, expected: int) -> None:
+        """After a fuzz run: every example was delivered, nothing lingers or logged errors, and a
+        normal question is still answered normally."""
+        assert self.tried - start >= expected  # every example delivered its messages
+        self.settle()
+        self.check_log(caplog, "after settling")
+        self.answers_normally(caplog)
+
     def answers_normally(self, caplog: pytest.LogCaptureFixture) -> None:
         """A plain question after the fuzzing gets exactly the scripted answer, spoken and on the bus."""
         session_id = f"after-{self.tried}"
@@ -554,10 +562,7 @@ def test_fallback_ping_and_request(watch, caplog):
         harness.check_log(caplog, f"request {request.data!r:.200}")
 
     run()
-    assert harness.tried - start >= 2 * 600  # every example delivered its messages
-    harness.settle()
-    harness.check_log(caplog, "after settling")
-    harness.answers_normally(caplog)
+    harness.finish(caplog, start, 2 * 600)
 
 
 def test_intents(watch, caplog):
@@ -574,10 +579,7 @@ def test_intents(watch, caplog):
         harness.check_log(caplog, f"{name} {data!r:.200}")
 
     run()
-    assert harness.tried - start >= 1000  # every example delivered its messages
-    harness.settle()
-    harness.check_log(caplog, "after settling")
-    harness.answers_normally(caplog)
+    harness.finish(caplog, start, 1000)
 
 
 def test_bus_api(watch, caplog):
@@ -595,10 +597,7 @@ def test_bus_api(watch, caplog):
         harness.check_log(caplog, f"{msg_type} {data!r:.200}")
 
     run()
-    assert harness.tried - start >= 1600  # every example delivered its messages
-    harness.settle()
-    harness.check_log(caplog, "after settling")
-    harness.answers_normally(caplog)
+    harness.finish(caplog, start, 1600)
 
 
 def test_stop_and_stop_ping(watch, caplog):
@@ -618,10 +617,7 @@ def test_stop_and_stop_ping(watch, caplog):
         harness.check_log(caplog, f"{msg_type} {data!r:.200}")
 
     run()
-    assert harness.tried - start >= 700  # every example delivered its messages
-    harness.settle()
-    harness.check_log(caplog, "after settling")
-    harness.answers_normally(caplog)
+    harness.finish(caplog, start, 700)
 
 
 def test_raw_json_frames(watch, caplog):
@@ -648,7 +644,4 @@ def test_raw_json_frames(watch, caplog):
         harness.check_log(caplog, f"frame {raw!r:.200}")
 
     run()
-    assert harness.tried - start >= 900  # every example delivered its messages
-    harness.settle()
-    harness.check_log(caplog, "after settling")
-    harness.answers_normally(caplog)
+    harness.finish(caplog, start, 900)

@@ -284,14 +284,20 @@ openai:
 }
 
 
-@pytest.mark.parametrize("verbose", [[], ["-v"]], ids=["quiet", "verbose"])
-def test_validate_output_holds_no_key(tmp_path, capsys, every_log, keep_log_level, verbose):
+def keyed_persona_folder(tmp_path: Path) -> Path:
+    """A folder of good persona files holding the key in each place, and invalid ones holding it too."""
     folder = tmp_path / "personas"
     folder.mkdir()
     for holder in HOLDERS:
         persona_file(folder, holder, "http://127.0.0.1:9/v1")
     for name, text in INVALID_FILES.items():
         (folder / name).write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize("verbose", [[], ["-v"]], ids=["quiet", "verbose"])
+def test_validate_output_holds_no_key(tmp_path, capsys, every_log, keep_log_level, verbose):
+    folder = keyed_persona_folder(tmp_path)
     code = cli_main([*verbose, "validate", str(folder)])
     captured = capsys.readouterr()
     assert code == 1
@@ -306,12 +312,7 @@ def test_validate_output_holds_no_key(tmp_path, capsys, every_log, keep_log_leve
 
 def test_persona_list_and_load_problems_hold_no_key(tmp_path, every_log, capsys):
     """Loading a folder with good and bad keyed files: the listing and the logged problems are clean."""
-    folder = tmp_path / "personas"
-    folder.mkdir()
-    for holder in HOLDERS:
-        persona_file(folder, holder, "http://127.0.0.1:9/v1")
-    for name, text in INVALID_FILES.items():
-        (folder / name).write_text(text)
+    folder = keyed_persona_folder(tmp_path)
     engine = PersonaEngine([folder], memory=ConversationMemory(":memory:"), include_shipped=False,
                            default_persona="Keyed")
     try:

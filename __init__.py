@@ -102,7 +102,7 @@ class PersonaFallbackSkill(FallbackSkill):
         engine.default_lang = normalize_lang(self._config["default_lang"])
         engine.default_persona = self._config["default_persona"]
         engine.max_utterance_chars = self._config["max_utterance_chars"]
-        engine.memory_caps = MemorySettings(self._config["max_turns"], self._config["max_age_minutes"])
+        engine.memory_defaults = MemorySettings(self._config["max_turns"], self._config["max_age_minutes"])
         engine.admission.resize(self._config["max_concurrent_answers"], self._config["max_waiting_answers"])
 
     def on_settings_changed(self) -> None:

@@ -7,15 +7,15 @@ session id: active persona, memory, injected context, in-flight generations.
 """
 from __future__ import annotations
 
-import difflib
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 from ovos_utils.log import LOG
+from rapidfuzz import fuzz, process
 
 from .concurrency import FairSemaphore, QueueFull
 from .chain import ChainLink, ChainResult, Deadlines, SolverChain, SolverFailure, SolverInput
@@ -23,6 +23,7 @@ from .languages import FALLBACK_LANG, base_lang, normalize_lang
 from .memory import ConversationMemory
 from .persona import MemorySettings, Persona, load_personas
 from .prompt import Speaker, build_messages, with_answer_instruction
+from .reasoning import ThinkFilter
 from .solvers import create_solver, known_solver_ids
 from .solvers.base import CancelToken, ChatMessage, Role, SolverContext, SolverError
 from .speech import SentenceSplitter
@@ -35,7 +36,10 @@ DEFAULT_MAX_SESSIONS = 10000
 #: answers generated at once; more wait in arrival order, up to DEFAULT_MAX_WAITING of them
 DEFAULT_MAX_CONCURRENT = 4
 DEFAULT_MAX_WAITING = 16
-FUZZY_CUTOFF = 0.6
+#: rapidfuzz WRatio (0-100) a spoken persona name must reach ("remote" finds "Remote Assistant")
+FUZZY_CUTOFF = 65
+#: distinct solver errors whose traceback has been logged; later repeats log one line
+MAX_LOGGED_ERRORS = 256
 
 
 class Translator(Protocol):
@@ -77,6 +81,17 @@ class Answer:
         return self.result.failures
 
 
+class _Flight:
+    """One answer in progress: its cancel token and whether a forget made it unrememberable."""
+
+    __slots__ = ("token", "persona", "forgotten")
+
+    def __init__(self, token: CancelToken, persona: str) -> None:
+        self.token = token
+        self.persona = persona
+        self.forgotten = False
+
+
 class AnswerStream:
     """Iterate to get sentences as they are ready; ``answer`` fills in as it goes."""
 
@@ -104,7 +119,7 @@ class PersonaEngine:
                  known_solvers: Optional[Callable[[], frozenset]] = known_solver_ids,
                  max_utterance_chars: int = DEFAULT_MAX_UTTERANCE_CHARS,
                  max_sessions: int = DEFAULT_MAX_SESSIONS,
-                 memory_caps: Optional[MemorySettings] = None,
+                 memory_defaults: Optional[MemorySettings] = None,
                  default_lang: str = FALLBACK_LANG,
                  max_concurrent: int = DEFAULT_MAX_CONCURRENT,
                  max_waiting: int = DEFAULT_MAX_WAITING,
@@ -113,8 +128,8 @@ class PersonaEngine:
         self.translator = translator
         self.default_persona = default_persona
         self.max_utterance_chars = max_utterance_chars
-        #: limits the owner of the assistant sets over every persona's own memory settings
-        self.memory_caps = memory_caps
+        #: memory settings for personas whose file sets none (the skill's max_turns/max_age_minutes)
+        self.memory_defaults = memory_defaults
         #: the language used when a request says "auto" and detection cannot tell
         self.default_lang = default_lang
         self.admission = FairSemaphore(max_concurrent, max_waiting)
@@ -126,7 +141,13 @@ class PersonaEngine:
         self._links: Dict[str, List[ChainLink]] = {}
         self._active: "OrderedDict[str, str]" = OrderedDict()
         self._max_sessions = max_sessions
-        self._inflight: Dict[str, List[CancelToken]] = {}
+        self._inflight: Dict[str, List[_Flight]] = {}
+        #: links of replaced personas still used by answers in progress, closed when those end
+        self._retired: Dict[int, List[ChainLink]] = {}
+        self._link_users: Dict[int, int] = {}
+        #: forget and remember exclude each other, so a forget wins over any answer in flight
+        self._remember_lock = threading.Lock()
+        self._logged_errors: "OrderedDict[Tuple[str, str, str], None]" = OrderedDict()
         self.problems: List[str] = []
         self._include_shipped = include_shipped
         self.load_personas(persona_dirs)
@@ -141,7 +162,7 @@ class PersonaEngine:
         with self._lock:
             stale = [name for name, old in self._personas.items() if personas.get(name) != old]
             for name in stale:
-                self._close_links(self._links.pop(name, []))
+                self._retire_links(self._links.pop(name, []))
             self._personas = personas
             self.problems = problems
         return problems
@@ -149,7 +170,7 @@ class PersonaEngine:
     def add_persona(self, persona: Persona) -> None:
         """Register (or replace) one persona directly."""
         with self._lock:
-            self._close_links(self._links.pop(persona.name, []))
+            self._retire_links(self._links.pop(persona.name, []))
             self._personas[persona.name] = persona
 
     @property
@@ -170,7 +191,10 @@ class PersonaEngine:
         if wanted.lower() in by_lower:
             return by_lower[wanted.lower()]
         if fuzzy:
-            match = difflib.get_close_matches(wanted.lower(), list(by_lower), n=1, cutoff=FUZZY_CUTOFF)
+            # WRatio scores a name that holds the spoken word ("remote" in "remote assistant")
+            # as well as a misheard one ("ada" for "ava")
+            match = process.extractOne(wanted.lower(), list(by_lower), scorer=fuzz.WRatio,
+                                       score_cutoff=FUZZY_CUTOFF)
             if match:
                 return by_lower[match[0]]
         return None
@@ -242,29 +266,27 @@ class PersonaEngine:
         return stream.answer
 
     def memory_limits(self, persona: Persona) -> MemorySettings:
-        """Return the persona's memory settings within the engine's caps (0 age means no limit)."""
-        own, caps = persona.memory, self.memory_caps
-        if caps is None:
-            return own
-        ages = [age for age in (own.max_age_minutes, caps.max_age_minutes) if age > 0]
-        return MemorySettings(max_turns=min(own.max_turns, caps.max_turns),
-                              max_age_minutes=min(ages) if ages else 0)
+        """Return the persona's memory settings; what its file leaves unset comes from the defaults."""
+        return persona.memory.resolved(self.memory_defaults)
 
     def _answer(self, persona: Persona, question: str, session_id: str, user_lang: str,
                 speaker: Speaker, token: CancelToken, answer: Answer) -> Iterator[str]:
         said: List[str] = []
         solver_question = question
         finished = False
-        self._register(session_id, token)
+        flight = self._register(session_id, token, persona.name)
         try:
             admitted = self.admission.acquire(token)
         except QueueFull as err:
-            self._unregister(session_id, token)
+            self._unregister(session_id, flight)
             raise EngineBusy(f"too many answers at once ({err})") from err
         if not admitted:
-            self._unregister(session_id, token)
+            self._unregister(session_id, flight)
             answer.result.cancelled = True
             return
+        with self._lock:  # one step, so a reload cannot close the chain before it is counted
+            links = self._chain_links(persona)
+            self._use_links(links, +1)
         try:
             limits = self.memory_limits(persona)
             history = self.memory.history(session_id, persona.name, max_turns=limits.max_turns,
@@ -272,43 +294,48 @@ class PersonaEngine:
             chat = build_messages(persona, history, question, injected_context=self.memory.context(session_id),
                                   speaker=speaker, lang=user_lang, now=self._clock())
             translated: Dict[str, List[ChatMessage]] = {}
+            splitter = SentenceSplitter(user_lang)
 
             def prepare(link: ChainLink) -> SolverInput:
                 nonlocal solver_question
+                if self._instructed(link, persona, user_lang):
+                    solver_question = question  # the persona asked to be told the language instead
+                    splitter.lang = user_lang
+                    return SolverInput(with_answer_instruction(chat, persona.answer_instruction, user_lang),
+                                       user_lang)
                 target = self._solver_lang(link, persona, user_lang)
+                splitter.lang = target
                 if target == user_lang:
                     solver_question = question
                     return SolverInput(chat, user_lang)
-                if persona.answer_instruction and link.solver is not None and link.solver.supports_history:
-                    solver_question = question  # the persona asked to be told the language instead
-                    return SolverInput(with_answer_instruction(chat, persona.answer_instruction, user_lang),
-                                       user_lang)
                 if base_lang(target) not in translated:
                     text = self.translator.translate(question, target, user_lang)  # type: ignore[union-attr]
                     translated[base_lang(target)] = chat[:-1] + [ChatMessage(Role.USER, text)]
                 solver_question = translated[base_lang(target)][-1].content
                 return SolverInput(translated[base_lang(target)], target)
 
-            chain = SolverChain(self._chain_links(persona))
-            splitter = SentenceSplitter()
+            chain = SolverChain(links)
+            thoughts = ThinkFilter()
             chunks = chain.stream(prepare, cancel=token, conversation_id=session_id, result=answer.result)
             for chunk in chunks:
-                for sentence in splitter.feed(chunk):
+                for sentence in splitter.feed(thoughts.feed(chunk)):
                     said.append(sentence)
                     yield self._to_user(sentence, answer.result.lang, user_lang, answer)
             if not token.cancelled:
-                for sentence in splitter.flush():
+                for sentence in splitter.feed(thoughts.flush()) + splitter.flush():
                     said.append(sentence)
                     yield self._to_user(sentence, answer.result.lang, user_lang, answer)
             finished = not token.cancelled
         finally:
             self.admission.release()
-            self._unregister(session_id, token)
+            self._unregister(session_id, flight)
+            self._use_links(links, -1)
+            self._log_failures(persona, answer.result.failures)
             if said:
                 interrupted = not finished or answer.result.interrupted
                 answer.result.cancelled = answer.result.cancelled or token.cancelled
                 self._remember(persona, session_id, solver_question, question, said, answer, user_lang,
-                               interrupted)
+                               interrupted, flight)
 
     def _to_user(self, sentence: str, solver_lang: Optional[str], user_lang: str, answer: Answer) -> str:
         spoken = sentence
@@ -317,31 +344,66 @@ class PersonaEngine:
         answer.sentences.append(spoken)
         return spoken
 
+    @staticmethod
+    def _accepted_langs(link: ChainLink, persona: Persona) -> frozenset:
+        langs = link.solver.supported_langs if link.solver is not None else None
+        return langs if langs is not None else frozenset({base_lang(persona.lang)})
+
+    def _instructed(self, link: ChainLink, persona: Persona, user_lang: str) -> bool:
+        """True when a chat solver that does not list the user's language is to be told it instead.
+
+        Decided by the persona (``answer_instruction``) and the solver's languages alone, whether
+        or not a translation plugin is configured.
+        """
+        return (bool(persona.answer_instruction) and link.solver is not None
+                and link.solver.supports_history
+                and base_lang(user_lang) not in self._accepted_langs(link, persona))
+
     def _solver_lang(self, link: ChainLink, persona: Persona, user_lang: str) -> str:
         """Pick the language a solver is asked in: the user's when it can, else the persona's."""
-        langs = link.solver.supported_langs if link.solver is not None else None
-        accepted = langs if langs is not None else frozenset({base_lang(persona.lang)})
+        accepted = self._accepted_langs(link, persona)
         if base_lang(user_lang) in accepted or self.translator is None or not self.translator.available:
             return user_lang
         return persona.lang if base_lang(persona.lang) in accepted else sorted(accepted)[0]
+
+    def _log_failures(self, persona: Persona, failures: Sequence[SolverFailure]) -> None:
+        """Log each solver failure: with its traceback the first time an error is seen, then one line."""
+        for failure in failures:
+            error = failure.error
+            key = (failure.solver_id, type(error).__name__, str(error)[:200])
+            with self._lock:
+                seen = key in self._logged_errors
+                if not seen:
+                    self._logged_errors[key] = None
+                    while len(self._logged_errors) > MAX_LOGGED_ERRORS:
+                        self._logged_errors.popitem(last=False)
+            if seen:
+                LOG.info(f"persona {persona.name}: {failure.describe()} (again)")
+            else:
+                LOG.warning(f"persona {persona.name}: {failure.describe()}\n{failure.format_traceback()}")
 
     @staticmethod
     def _same(first: str, second: str) -> bool:
         return base_lang(first) == base_lang(second)
 
     def _remember(self, persona: Persona, session_id: str, solver_question: str, user_question: str,
-                  said: Sequence[str], answer: Answer, user_lang: str, interrupted: bool) -> None:
+                  said: Sequence[str], answer: Answer, user_lang: str, interrupted: bool,
+                  flight: _Flight) -> None:
         translated = solver_question != user_question or answer.sentences != list(said)
         limits = self.memory_limits(persona)
         # a complete answer is remembered as the solver wrote it, so the next prompt repeats the
         # model's own text and a local model reuses its cache; a cut one as what was delivered
         solver_answer = answer.result.text if not interrupted else " ".join(said)
         try:
-            self.memory.record(
-                session_id, persona.name, solver_question, solver_answer, interrupted=interrupted,
-                user_question=user_question if translated else None,
-                user_answer=answer.text if translated else None, lang=user_lang,
-                max_turns=limits.max_turns, max_age_minutes=limits.max_age_minutes)
+            with self._remember_lock:
+                if flight.forgotten:
+                    LOG.debug(f"session {session_id}: conversation forgotten during the answer; not remembered")
+                    return
+                self.memory.record(
+                    session_id, persona.name, solver_question, solver_answer, interrupted=interrupted,
+                    user_question=user_question if translated else None,
+                    user_answer=answer.text if translated else None, lang=user_lang,
+                    max_turns=limits.max_turns, max_age_minutes=limits.max_age_minutes)
         except Exception as err:  # memory trouble must never cost the user the answer
             LOG.exception(f"could not remember the turn for session {session_id}: {err}")
 
@@ -366,6 +428,27 @@ class PersonaEngine:
             LOG.warning(f"persona {persona.name}: solver {solver_id} cannot be used: {err}")
             return ChainLink(solver_id, None, deadlines, build_error=err)
 
+    def _use_links(self, links: List[ChainLink], delta: int) -> None:
+        """Count answers using a chain; a replaced chain is closed when its last answer ends."""
+        key = id(links)
+        with self._lock:
+            users = self._link_users.get(key, 0) + delta
+            if users > 0:
+                self._link_users[key] = users
+                return
+            self._link_users.pop(key, None)
+            retired = self._retired.pop(key, None)
+        if retired is not None:
+            self._close_links(retired)
+
+    def _retire_links(self, links: List[ChainLink]) -> None:
+        """Close a replaced persona's chain now, or when the answers still using it end."""
+        with self._lock:
+            if self._link_users.get(id(links), 0) > 0:
+                self._retired[id(links)] = links
+                return
+        self._close_links(links)
+
     @staticmethod
     def _close_links(links: Iterable[ChainLink]) -> None:
         for link in links:
@@ -377,16 +460,18 @@ class PersonaEngine:
 
     # -- sessions ----------------------------------------------------------------------------
 
-    def _register(self, session_id: str, token: CancelToken) -> None:
+    def _register(self, session_id: str, token: CancelToken, persona: str) -> _Flight:
+        flight = _Flight(token, persona)
         with self._lock:
-            self._inflight.setdefault(session_id, []).append(token)
+            self._inflight.setdefault(session_id, []).append(flight)
+        return flight
 
-    def _unregister(self, session_id: str, token: CancelToken) -> None:
+    def _unregister(self, session_id: str, flight: _Flight) -> None:
         with self._lock:
-            tokens = self._inflight.get(session_id, [])
-            if token in tokens:
-                tokens.remove(token)
-            if not tokens:
+            flights = self._inflight.get(session_id, [])
+            if flight in flights:
+                flights.remove(flight)
+            if not flights:
                 self._inflight.pop(session_id, None)
 
     def is_busy(self, session_id: str) -> bool:
@@ -397,7 +482,7 @@ class PersonaEngine:
     def stop(self, session_id: str) -> bool:
         """Cancel the session's answers in progress; return True if there were any."""
         with self._lock:
-            tokens = list(self._inflight.get(session_id, []))
+            tokens = [flight.token for flight in self._inflight.get(session_id, [])]
         for token in tokens:
             token.cancel()
         return bool(tokens)
@@ -411,8 +496,16 @@ class PersonaEngine:
         self.memory.clear_context(session_id)
 
     def forget(self, session_id: str, persona: Optional[str] = None) -> int:
-        """Forget the session's conversation (one persona's or all) and drop solver caches for it."""
-        deleted = self.memory.forget(session_id, persona)
+        """Forget the session's conversation (one persona's or all) and drop solver caches for it.
+
+        Answers still in progress for it are spoken to the end but not remembered.
+        """
+        with self._remember_lock:
+            with self._lock:
+                for flight in self._inflight.get(session_id, []):
+                    if persona in (None, flight.persona):
+                        flight.forgotten = True
+            deleted = self.memory.forget(session_id, persona)
         with self._lock:
             links = [link for name, chain in self._links.items() if persona in (None, name) for link in chain]
         for link in links:

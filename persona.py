@@ -50,11 +50,20 @@ class MemorySettings:
     """How much of a conversation is remembered.
 
     ``max_turns`` = 0 remembers nothing (every question stands alone); ``max_age_minutes`` = 0
-    means turns never expire by age.
+    means turns never expire by age. None means "not set": the front end's default applies
+    (the skill's ``max_turns`` / ``max_age_minutes`` settings), else the module defaults.
     """
 
-    max_turns: int = DEFAULT_MAX_TURNS
-    max_age_minutes: float = DEFAULT_MAX_AGE_MINUTES
+    max_turns: Optional[int] = None
+    max_age_minutes: Optional[float] = None
+
+    def resolved(self, defaults: Optional["MemorySettings"] = None) -> "MemorySettings":
+        """Return these settings with every unset value taken from ``defaults``, then the module's."""
+        fallback = defaults or MemorySettings(DEFAULT_MAX_TURNS, DEFAULT_MAX_AGE_MINUTES)
+        turns = self.max_turns if self.max_turns is not None else fallback.max_turns
+        age = self.max_age_minutes if self.max_age_minutes is not None else fallback.max_age_minutes
+        return MemorySettings(DEFAULT_MAX_TURNS if turns is None else turns,
+                              DEFAULT_MAX_AGE_MINUTES if age is None else age)
 
 
 @dataclass(frozen=True)
@@ -230,10 +239,10 @@ def parse_persona(data: Any, source: str = "<persona>",
         solver_configs=configs,
         generation=_generation(check, check.block(data, "generation")),
         memory=MemorySettings(
-            max_turns=check.number(memory_block, "max_turns", "memory", DEFAULT_MAX_TURNS,
-                                   integer=True, minimum=0),
-            max_age_minutes=check.number(memory_block, "max_age_minutes", "memory",
-                                         DEFAULT_MAX_AGE_MINUTES, minimum=0),
+            max_turns=check.number(memory_block, "max_turns", "memory", None,
+                                   integer=True, minimum=0, optional=True),
+            max_age_minutes=check.number(memory_block, "max_age_minutes", "memory", None,
+                                         minimum=0, optional=True),
         ),
         thinking=ThinkingSettings(
             after_seconds=check.number(thinking_block, "after_seconds", "thinking", None,

@@ -17,7 +17,6 @@ setup(
     package_data={PACKAGE: ["locale/*/*", "personas/*.yaml", "personas/examples/*.yaml", "settingsmeta.yaml"]},
     include_package_data=False,
     install_requires=[
-        "ovos-core>=2.1.1,<2.2",
         "ovos-workshop>=7.0.6,<8",
         "ovos-bus-client>=1.5,<2",
         "ovos-plugin-manager>=2.2,<3",
@@ -25,13 +24,17 @@ setup(
         "ovos-config>=1.2,<2",
         "langcodes>=3.3,<4",
         "language_data>=1.2,<2",
+        "pysbd>=0.3.4,<0.4",
         "pyyaml>=6,<7",
+        "rapidfuzz>=3,<4",
         "requests>=2.28,<3",
         "rivescript>=1.15,<2",
     ],
     extras_require={
         "llama": ["llama-cpp-python>=0.3.16,<0.4"],
-        "demo": ["ovos-messagebus>=0.0.10,<0.1"],
+        # a skill never requires ovos-core (it is installed into core's environment); the demo and
+        # the tests start their own core and messagebus
+        "demo": ["ovos-core>=2.1.1,<2.2", "ovos-messagebus>=0.0.10,<0.1"],
         # the anchors the benchmarks compare against, pinned to the versions measured
         "bench": ["ovos-persona==0.7.1", "ovos-openai-plugin==2.0.6"],
         "test": [
@@ -40,8 +43,8 @@ setup(
             "pytest-timeout>=2.3,<3",
             "hypothesis>=6.100,<7",
             "gguf>=0.17,<0.20",
+            "ovos-core>=2.1.1,<2.2",
             "ovos-messagebus>=0.0.10,<0.1",
-            "ovoscope>=0.13,<0.14",
             "ovos-solver-failure-plugin>=0.0.3,<0.1",
         ],
     },

@@ -24,6 +24,8 @@ import unicodedata
 from functools import lru_cache
 from typing import Iterable, Iterator, List, Optional, Tuple
 
+from .abbreviations import rules_for
+
 __all__ = ["SentenceSplitter", "clean_for_speech", "iter_sentences", "split_sentences"]
 
 # Western stops end a sentence only when whitespace (or the end of the text) follows.
@@ -37,18 +39,6 @@ _CLOSERS = "\"'”’“‘»›)」』）】〕〉》*_~`"
 # Skipped when looking at the first letter of the next word ("etc. (and more)").
 _OPENERS = "\"'“‘„«‹([{*_~`¿¡"
 
-# Periods that never end a sentence: titles before a name, and words always followed by more.
-_ABBREV_NEVER = frozenset({
-    "mr", "mrs", "ms", "mx", "dr", "prof", "rev", "st", "mt", "capt", "sgt", "gen", "gov",
-    "e.g", "i.e", "vs", "cf", "viz", "z.b", "d.h",
-})
-# Periods that end a sentence unless the next word starts lowercase or with a digit.
-_ABBREV_UNLESS_LOWER = frozenset({
-    "etc", "approx", "jr", "sr", "inc", "ltd", "corp", "co", "dept", "est", "al", "a.m", "p.m",
-    "usw", "bzw",
-})
-# Periods that end a sentence unless a number follows ("No. 5", "p. 12", "ca. 1500").
-_ABBREV_BEFORE_NUMBER = frozenset({"no", "nos", "nr", "fig", "figs", "vol", "pp", "p", "ch", "ca"})
 _DOTTED_INITIALS_RE = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")  # "u.s", "a.m"
 
 _INTERESTING_RE = re.compile("[\n" + re.escape(_ALL_STOPS) + "]")
@@ -167,11 +157,23 @@ class SentenceSplitter:
     """Incremental splitter: feed text chunks, get speakable sentences as soon as they end.
 
     Only the unfinished tail is kept and each character is scanned about once; a stop whose
-    meaning depends on characters not yet received is re-examined when they arrive.
+    meaning depends on characters not yet received is re-examined when they arrive. ``lang``
+    picks the abbreviations that do not end a sentence ("Sr." in Portuguese, "z. B." in German).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, lang: str = "en") -> None:
+        self.lang = lang
         self._reset()
+
+    @property
+    def lang(self) -> str:
+        """The language whose abbreviations apply; may change while text streams."""
+        return self._lang
+
+    @lang.setter
+    def lang(self, value: str) -> None:
+        self._lang = value
+        self._rules = rules_for(value)
 
     def _reset(self) -> None:
         self._buf = ""
@@ -323,16 +325,21 @@ class SentenceSplitter:
         if len(word) == 1 and word.isupper():
             return False, after  # an initial: "J. R. R. Tolkien"
         word = word.lower()
-        if word in _ABBREV_NEVER:
-            return False, after
-        before_number = word in _ABBREV_BEFORE_NUMBER
-        if not before_number and word not in _ABBREV_UNLESS_LOWER \
-                and not _DOTTED_INITIALS_RE.fullmatch(word):
+        rules = self._rules
+        if word in rules.never:
+            return False, after  # "Sr. Silva", "Mme. Dupont"
+        if rules.spaced_letters and len(word) == 1 and word.isalpha():
+            return False, after  # "z. B.", "d. h."
+        if rules.ordinal_period and word.isdigit() and len(word) <= 2:
+            return False, after  # "Der 3. Oktober"
+        before_number = word in rules.before_number
+        unless_lower = word in rules.words or bool(_DOTTED_INITIALS_RE.fullmatch(word))
+        if not before_number and not unless_lower:
             return True, after
         following = self._next_visible(after, final)
         if following is None:
             return None
-        if following.isdigit() or (not before_number and following.islower()):
+        if following.isdigit() or (unless_lower and following.islower()):
             return False, after
         return True, after
 
@@ -347,15 +354,15 @@ class SentenceSplitter:
         return "" if buf[pos] == "\n" else buf[pos]
 
 
-def split_sentences(text: str) -> List[str]:
+def split_sentences(text: str, lang: str = "en") -> List[str]:
     """Split a complete text into speakable sentences."""
-    splitter = SentenceSplitter()
+    splitter = SentenceSplitter(lang)
     return splitter.feed(text) + splitter.flush()
 
 
-def iter_sentences(chunks: Iterable[str]) -> Iterator[str]:
+def iter_sentences(chunks: Iterable[str], lang: str = "en") -> Iterator[str]:
     """Yield speakable sentences as soon as the streamed chunks complete them."""
-    splitter = SentenceSplitter()
+    splitter = SentenceSplitter(lang)
     for chunk in chunks:
         yield from splitter.feed(chunk)
     yield from splitter.flush()

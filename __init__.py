@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import random
 import threading
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from ovos_bus_client.message import Message
@@ -20,10 +21,10 @@ from ovos_workshop.decorators import intent_handler
 from ovos_workshop.skills.fallback import FallbackSkill
 
 from .engine import EngineBusy, NoPersonaError, PersonaEngine
-from .languages import normalize_lang, random_dialog
+from .languages import normalize_lang, ovos_lang, random_dialog
 from .memory import ConversationMemory
-from .persona import MemorySettings, Persona
-from .prompt import Speaker
+from .persona import MemorySettings, Persona, fill_placeholders
+from .prompt import Speaker, placeholder_values
 from .settings import DEFAULT_SETTINGS, validate_settings
 from .translation import Translator
 
@@ -44,6 +45,20 @@ def _text(value: Any) -> str:
     return _clean(value).strip() if isinstance(value, str) else ""
 
 
+def _clean_value(value: Any) -> Any:
+    """Return a JSON value with lone surrogates escaped (``\\ud800``) in every string and key.
+
+    Escaped rather than replaced, so two session ids that differ only there stay two sessions.
+    """
+    if isinstance(value, str):
+        return _session_key(value)
+    if isinstance(value, dict):
+        return {_clean_value(key): _clean_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_clean_value(item) for item in value]
+    return value
+
+
 def _session_key(value: Any) -> str:
     """Return a session id as text SQLite and HTTP accept (the bus carries any JSON value there).
 
@@ -61,7 +76,8 @@ class PersonaFallbackSkill(FallbackSkill):
         self.engine: Optional[PersonaEngine] = engine
         self._owns_engine = engine is None
         self._config: Dict[str, Any] = dict(DEFAULT_SETTINGS)
-        self._settings_lock = threading.Lock()
+        # not "_settings_lock": ovos-workshop's skill class sets an attribute of that name itself
+        self._config_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
     @classproperty
@@ -107,7 +123,7 @@ class PersonaFallbackSkill(FallbackSkill):
 
     def on_settings_changed(self) -> None:
         """Apply changed settings at once; a bad value is logged and the last good one kept."""
-        with self._settings_lock:
+        with self._config_lock:
             previous = self._config
             self._config, problems = validate_settings(dict(self.settings), previous)
             for problem in problems:
@@ -175,10 +191,24 @@ class PersonaFallbackSkill(FallbackSkill):
         """Emit one ``speak`` built from the request, so it reaches the satellite that asked."""
         if not text:
             return
-        reply = message.forward("speak", {"utterance": text, "expect_response": False, "lang": lang,
-                                          "meta": {"skill": self.skill_id, **meta}})
+        reply = self._outgoing(message).forward("speak", {"utterance": text, "expect_response": False,
+                                                          "lang": ovos_lang(lang),
+                                                          "meta": {"skill": self.skill_id, **meta}})
         reply.context["skill_id"] = self.skill_id
         self.bus.emit(reply)
+
+    @staticmethod
+    def _outgoing(message: Message) -> Message:
+        """Return the message to build replies from, its context cleaned of lone surrogates.
+
+        The websocket cannot encode such text, so a reply carrying one would never be sent.
+        """
+        if not isinstance(message.context, dict):
+            return Message(message.msg_type, message.data, {})
+        context = _clean_value(message.context)
+        if context == message.context:
+            return message
+        return Message(message.msg_type, message.data, context)
 
     def _say_dialog(self, message: Message, lang: str, dialog: str, **values: str) -> str:
         line = random_dialog(lang, dialog, **values)
@@ -199,6 +229,12 @@ class PersonaFallbackSkill(FallbackSkill):
         if not utterance:
             return None
         session = self._session(message)
+        summoned = getattr(session, "persona_id", None)
+        if isinstance(summoned, str) and summoned.strip():
+            # the session names a persona (OVOS sessions carry persona_id): ours answers it,
+            # another component's is left to its owner
+            persona = self.engine.find_persona(summoned)
+            return (utterance, session, persona) if persona is not None else None
         persona = self.engine.active_persona(session.session_id)
         return (utterance, session, persona) if persona is not None else None
 
@@ -219,6 +255,7 @@ class PersonaFallbackSkill(FallbackSkill):
 
     def _run_fallback_request(self, message: Message) -> None:
         """The fallback protocol: ``.start``, the answer, ``.response``, ``ovos.utterance.handled``."""
+        message = self._outgoing(message)
         self.bus.emit(message.forward(f"ovos.skills.fallback.{self.skill_id}.start"))
         handled, handler_name = False, None
         for _, handler in sorted(self._fallback_handlers, key=lambda entry: entry[0]):
@@ -257,7 +294,7 @@ class PersonaFallbackSkill(FallbackSkill):
                 if state["started"]:
                     return
                 state["started"] = True
-                line = (self.engine.localize(random.choice(persona.thinking.messages), persona.lang, lang)
+                line = (self.engine.localize(self._persona_line(persona, message, session, lang), persona.lang, lang)
                         if persona.thinking.messages else random_dialog(lang, "thinking", name=persona.name))
                 self._say(message, line, lang, dialog="thinking", persona=persona.name)
 
@@ -282,12 +319,15 @@ class PersonaFallbackSkill(FallbackSkill):
                 return spoken
         finally:
             timer.cancel()
-        answer = stream.answer
-        for failure in answer.failures:
-            self.log.info(f"persona {persona.name}: {failure.describe()}")
+        answer = stream.answer  # the engine has logged its failures (tracebacks once per error)
         if not spoken and not answer.result.cancelled:
             self._say_dialog(message, lang, "error", persona=persona.name)
         return spoken
+
+    def _persona_line(self, persona: Persona, message: Message, session: Session, lang: str) -> str:
+        """A random thinking line of the persona's own, its placeholders ({name}, ...) filled."""
+        values = placeholder_values(persona, self._speaker(message, session), lang, time.time())
+        return fill_placeholders(random.choice(persona.thinking.messages), values)
 
     # -- stop ----------------------------------------------------------------------------------
 
@@ -344,8 +384,16 @@ class PersonaFallbackSkill(FallbackSkill):
 
     @intent_handler("release_persona.intent")
     def handle_release_persona(self, message: Message) -> None:
-        """Go back to the default persona for this session."""
+        """Go back to the default persona; "stop talking as X" when X is not active changes nothing."""
         session = self._session(message)
+        named = _text(message.data.get("persona")) if isinstance(message.data, dict) else ""
+        active = self.engine.active_persona(session.session_id)
+        if named and active is not None:
+            meant = self.engine.find_persona(named, fuzzy=True)
+            if meant is None or meant.name != active.name:
+                self._say_dialog(message, self._dialog_lang(message, session), "not_active",
+                                 name=named, persona=active.name)
+                return
         self.engine.reset_active(session.session_id)
         persona = self.engine.active_persona(session.session_id)
         self._say_dialog(message, self._dialog_lang(message, session), "released",
@@ -354,11 +402,11 @@ class PersonaFallbackSkill(FallbackSkill):
     # -- bus API -------------------------------------------------------------------------------
 
     def _respond(self, message: Message, data: Dict[str, Any]) -> None:
-        self.bus.emit(message.response(data))
+        self.bus.emit(self._outgoing(message).response(data))
 
     def _error(self, message: Message, reason: str) -> None:
         self.log.warning(f"{message.msg_type}: {reason}")
-        self.bus.emit(message.reply(f"{message.msg_type}.error", {"error": reason}))
+        self.bus.emit(self._outgoing(message).reply(f"{message.msg_type}.error", {"error": reason}))
 
     def _data(self, message: Message) -> Optional[Dict[str, Any]]:
         if not isinstance(message.data, dict):
@@ -367,7 +415,23 @@ class PersonaFallbackSkill(FallbackSkill):
         return message.data
 
     def handle_ask(self, message: Message) -> None:
+        """``persona.ask``: answered on a thread of its own, like the fallback.
+
+        A whole generation on ovos-core's bus handler pool would starve the pool every other
+        skill's handlers run on.
+        """
+        threading.Thread(target=self._run_ask, args=(message,), daemon=True,
+                         name=f"ask-{self.skill_id}").start()
+
+    def _run_ask(self, message: Message) -> None:
         """``persona.ask`` {utterance, persona?, lang?} -> {answer, persona, lang}."""
+        try:
+            self._ask(message)
+        except Exception as err:  # a thread of ours: every request still gets its answer
+            self.log.exception(f"persona.ask failed: {err}")
+            self._error(message, "the persona could not answer")
+
+    def _ask(self, message: Message) -> None:
         data = self._data(message)
         if data is None:
             return
@@ -397,7 +461,7 @@ class PersonaFallbackSkill(FallbackSkill):
         if not answer.sentences:
             self._error(message, f"{answer.persona} could not answer")
             return
-        self._respond(message, {"answer": answer.text, "persona": answer.persona, "lang": lang})
+        self._respond(message, {"answer": answer.text, "persona": answer.persona, "lang": ovos_lang(lang)})
 
     def handle_list(self, message: Message) -> None:
         """``persona.list`` -> {personas: [{name, description, lang}]}."""

@@ -33,6 +33,15 @@ def _parse_tag(tag: str) -> str:
 
 
 @lru_cache(maxsize=256)
+def ovos_lang(tag: str) -> str:
+    """Return a tag as OVOS writes it on the bus: ``pt-PT``, ``en-US``, ``zh-Hant-TW``."""
+    try:
+        return langcodes.Language.get(normalize_lang(tag)).to_tag()
+    except (ValueError, LookupError):
+        return normalize_lang(tag)
+
+
+@lru_cache(maxsize=256)
 def base_lang(tag: str) -> str:
     """Return the base language of a tag: ``pt-BR`` and ``pt-PT`` both give ``pt``."""
     return normalize_lang(tag).split("-")[0]

@@ -1,8 +1,9 @@
 """The skill's settings: defaults in one place, and validation that keeps the last good value."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 DEFAULT_SETTINGS: Dict[str, Any] = {
     "enabled": True,
@@ -26,20 +27,43 @@ DEFAULT_SETTINGS: Dict[str, Any] = {
 class _Rule:
     check: Callable[[Any], bool]
     expected: str
+    #: turns what a settings UI or a JSON file may hold into the value's own type, before the check
+    convert: Optional[Callable[[Any], Any]] = None
+
+
+def _whole(value: Any) -> Any:
+    """90.0 -> 90: settings UIs and some JSON writers store every number as a float."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _folder_list(value: Any) -> Any:
+    """A settings UI has no list field: accept text, one folder per line or comma separated."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return value
+    return [part.strip() for line in text.splitlines() for part in line.split(",") if part.strip()]
 
 
 def _number(low: float, high: float, integer: bool = False) -> _Rule:
     kind = int if integer else (int, float)
     word = "a whole number" if integer else "a number"
     return _Rule(lambda v: isinstance(v, kind) and not isinstance(v, bool) and low <= v <= high,
-                 f"{word} from {low:g} to {high:g}")
+                 f"{word} from {low:g} to {high:g}", _whole if integer else None)
 
 
 _RULES: Dict[str, _Rule] = {
     "enabled": _Rule(lambda v: isinstance(v, bool), "true or false"),
     "default_persona": _Rule(lambda v: isinstance(v, str) and bool(v.strip()), "a persona name"),
     "persona_dirs": _Rule(lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
-                          "a list of folder paths"),
+                          "a list of folder paths (or text: one per line, or comma separated)",
+                          _folder_list),
     "priority": _number(0, 100, integer=True),
     "thinking_delay": _number(0, 60),
     "max_turns": _number(0, 1000, integer=True),
@@ -65,6 +89,8 @@ def validate_settings(raw: Mapping[str, Any], previous: Mapping[str, Any]) -> Tu
     for key, default in DEFAULT_SETTINGS.items():
         value = raw.get(key, default) if isinstance(raw, Mapping) else default
         rule = _RULES[key]
+        if rule.convert is not None:
+            value = rule.convert(value)
         if rule.check(value):
             effective[key] = value
         else:

@@ -108,7 +108,7 @@ def test_portuguese_session_gets_portuguese_answer_from_english_model(stack, rem
     messages = stack.ask("Qual é a capital de França?", session_id="e2e-pt", lang="pt-PT", timeout=30)
     assert stack.spoken(messages) == ["A capital de França é Paris.", "É uma cidade encantadora."]
     speaks = [m for m in messages if m.msg_type == "speak"]
-    assert {m.data["lang"] for m in speaks} == {"pt-pt"}
+    assert {m.data["lang"] for m in speaks} == {"pt-PT"}
     [request] = remote.requests[before:]
     assert request.body["messages"] == [{"role": "system", "content": "You are Remote."},
                                         {"role": "user", "content": "What is the capital of France?"}]

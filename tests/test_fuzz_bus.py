@@ -43,7 +43,7 @@ from ovos_utils.fakebus import FakeBus
 from conftest import ScriptedSolver, SolverBox, make_persona
 from ovos_skill_persona_fallback import SKILL_ID, PersonaFallbackSkill
 from ovos_skill_persona_fallback.engine import PersonaEngine
-from ovos_skill_persona_fallback.languages import dialog_lines, normalize_lang
+from ovos_skill_persona_fallback.languages import dialog_lines, normalize_lang, ovos_lang
 from ovos_skill_persona_fallback.memory import ConversationMemory
 from ovos_skill_persona_fallback.solvers.base import ChatMessage, Role
 
@@ -227,13 +227,16 @@ class Harness:
             self.messages.clear()
 
     def wait_for(self, msg_type: str, timeout: float = 10.0) -> None:
+        self.wait_for_any(msg_type, timeout=timeout)
+
+    def wait_for_any(self, *msg_types: str, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                if any(m.msg_type == msg_type for m in self.messages):
+                if any(m.msg_type in msg_types for m in self.messages):
                     return
             time.sleep(0.002)
-        raise AssertionError(f"no {msg_type} within {timeout} s: {[m.msg_type for m in self.messages]}")
+        raise AssertionError(f"no {msg_types} within {timeout} s: {[m.msg_type for m in self.messages]}")
 
     # -- delivery
 
@@ -299,9 +302,10 @@ class Harness:
         self.ada.enqueue("Still ", "fine.")
         reply = Message("persona.ask", {"utterance": "and now?"}, {"session": Session(session_id).serialize()})
         self.direct(reply)
+        self.wait_for_any("persona.ask.response", "persona.ask.error")
         [answer] = [m for m in self.emitted() if m.msg_type.startswith("persona.ask.")]
         assert (answer.msg_type, answer.data) == ("persona.ask.response",
-                                                  {"answer": "Still fine.", "persona": "Ada", "lang": "en-us"})
+                                                  {"answer": "Still fine.", "persona": "Ada", "lang": "en-US"})
         assert self.ada.calls[-1].messages == [ChatMessage(Role.USER, "how are you today"),
                                                ChatMessage(Role.ASSISTANT, "All good here."),
                                                ChatMessage(Role.USER, "and now?")]
@@ -415,7 +419,7 @@ def _line_of(dialog: str, lang: str, utterance: str) -> bool:
 def check_speak(message: Message) -> None:
     utterance, lang = message.data.get("utterance"), message.data.get("lang")
     assert isinstance(utterance, str) and utterance.strip(), message.data
-    assert isinstance(lang, str) and normalize_lang(lang, default="") == lang, lang
+    assert isinstance(lang, str) and ovos_lang(lang) == lang, lang
     assert message.data["meta"]["skill"] == SKILL_ID
     assert _sendable(message.data), f"a speak the real bus could not send: {utterance[:80]!r}"
 
@@ -433,6 +437,8 @@ def check_common(harness: Harness, sent: Message) -> List[Message]:
             assert isinstance(reason, str) and reason.strip(), message.data
         if _sendable(sent.context):
             assert _sendable(message.data), f"{message.msg_type} data the real bus could not send"
+        if message.msg_type != "ovos.skills.fallback.pong":  # the pong is the framework's own reply
+            assert _sendable(message.context), f"{message.msg_type}: a context the real bus could not send"
     return emitted
 
 
@@ -469,12 +475,18 @@ def check_intent(harness: Harness, sent: Message, name: str) -> None:
         persona = sent.data.get("persona")
         known = isinstance(persona, str) and harness.skill.engine.find_persona(persona.strip(), fuzzy=True)
         dialog = "switched" if known else "unknown_persona"
+    if name == "release_persona" and isinstance(sent.data.get("persona"), str) and sent.data["persona"].strip():
+        # "stop talking as X": released when X is the active persona, else told who is active
+        dialog = speak.data["meta"]["dialog"]
+        assert dialog in ("released", "not_active")
     assert speak.data["meta"]["dialog"] == dialog
     assert _line_of(dialog, speak.data["lang"], speak.data["utterance"]), speak.data
     assert "ovos.utterance.handled" in [m.msg_type for m in emitted]
 
 
 def check_bus_api(harness: Harness, sent: Message) -> None:
+    if sent.msg_type == "persona.ask":  # answered on a thread of the skill's own
+        harness.wait_for_any("persona.ask.response", "persona.ask.error")
     emitted = check_common(harness, sent)
     msg_type, data = sent.msg_type, sent.data
     [reply] = only(emitted, f"{msg_type}.response", f"{msg_type}.error")
@@ -488,7 +500,7 @@ def check_bus_api(harness: Harness, sent: Message) -> None:
         if good:
             assert reply.msg_type == "persona.ask.response", reply.data
             assert reply.data["answer"] == ANSWER and reply.data["persona"] in ("Ada", "Bob")
-            assert normalize_lang(reply.data["lang"], default="") == reply.data["lang"]
+            assert ovos_lang(reply.data["lang"]) == reply.data["lang"]
         else:
             assert reply.msg_type == "persona.ask.error", reply.data
     elif msg_type == "persona.list":

@@ -7,6 +7,7 @@ for the CLI a real OpenAI-compatible HTTP server records every request body.
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, List, NamedTuple
 
 import pytest
@@ -44,8 +45,13 @@ class World:
         """Emit a bus API request (handled at once on FakeBus) and return its one reply."""
         before = len(self.rec.messages)
         self.bus.emit(Message(msg_type, data, {"session": Session(session_id).serialize()}))
-        replies = [m for m in self.rec.messages[before:] if m.msg_type in (f"{msg_type}.response",
-                                                                           f"{msg_type}.error")]
+        wanted = (f"{msg_type}.response", f"{msg_type}.error")
+        deadline = time.monotonic() + 5  # persona.ask answers from a thread of its own
+        while time.monotonic() < deadline:
+            replies = [m for m in self.rec.messages[before:] if m.msg_type in wanted]
+            if replies:
+                break
+            time.sleep(0.005)
         assert len(replies) == 1, self.rec.types()
         return replies[0]
 

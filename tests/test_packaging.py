@@ -32,3 +32,10 @@ def test_wheel_holds_the_whole_skill(tmp_path):
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert f"ovos-skill-persona-fallback.openpersona = {PACKAGE}:PersonaFallbackSkill" in text
     assert f"persona-fallback = {PACKAGE}.cli:main" in text
+    # a skill installs into an existing OVOS: it must never pull, pin or downgrade ovos-core itself
+    [metadata] = [name for name in names if name.endswith(".dist-info/METADATA")]
+    requires = [line.split(":", 1)[1].strip() for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+                if line.startswith("Requires-Dist:")]
+    core = [req for req in requires if req.startswith(("ovos-core", "ovos_core", "ovos-messagebus"))]
+    assert core and all("extra ==" in req for req in core), core
+    assert all("<" in req for req in requires if req.startswith("ovos")), requires

@@ -200,7 +200,9 @@ def _drive_skill(path: Path, name: str) -> Tuple[List[str], int]:
     try:
         context = {"session": Session("S").serialize()}
         bus.emit(Message("persona.list", {}, context))
-        bus.emit(Message("persona.ask", {"utterance": "hello?"}, context))
+        asked_reply = bus.wait_for_response(Message("persona.ask", {"utterance": "hello?"}, context),
+                                            "persona.ask.error", timeout=10)
+        assert asked_reply is not None, "persona.ask was never answered"
         asked = len(seen)
         done = bus.wait_for_response(Message(REQUEST, {"utterances": ["hello?"], "lang": "en-us"}, context),
                                      "ovos.utterance.handled", timeout=10)

@@ -22,8 +22,10 @@ def test_settingsmeta_mirrors_every_default():
     fields = meta_fields()
     assert set(fields) == set(DEFAULT_SETTINGS)
     for name, default in DEFAULT_SETTINGS.items():
-        assert json.loads(fields[name]["value"]) == default if not isinstance(default, str) \
-            else fields[name]["value"] == default, name
+        value = fields[name]["value"]
+        shown = value if isinstance(default, str) or fields[name]["type"] == "text" else json.loads(value)
+        effective, problems = validate_settings({name: shown}, DEFAULT_SETTINGS)
+        assert problems == [] and effective[name] == default, name
 
 
 def test_readme_settings_table_mirrors_every_default():
@@ -38,7 +40,8 @@ BAD = [
     # (key, bad value)
     ("enabled", "yes"),
     ("default_persona", ""),
-    ("persona_dirs", "/one/path"),
+    ("persona_dirs", 3),
+    ("persona_dirs", ["/ok", 4]),
     ("priority", 101),
     ("priority", 5.5),
     ("thinking_delay", -1),
@@ -66,3 +69,16 @@ def test_good_values_are_taken_and_unknown_keys_ignored():
                                             DEFAULT_SETTINGS)
     assert problems == [] and effective["priority"] == 10 and effective["persona_dirs"] == ["/x"]
     assert "whatever" not in effective
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("priority", 90.0, 90),                                  # settings UIs store numbers as floats
+    ("max_turns", 12.0, 12),
+    ("persona_dirs", "/one/path", ["/one/path"]),             # a settings UI's text field
+    ("persona_dirs", "/a, /b\n/c", ["/a", "/b", "/c"]),
+    ("persona_dirs", '["/x"]', ["/x"]),                        # the list as JSON text
+    ("persona_dirs", "", []),
+])
+def test_values_from_settings_uis_are_converted(key, value, expected):
+    effective, problems = validate_settings({key: value}, DEFAULT_SETTINGS)
+    assert problems == [] and effective[key] == expected

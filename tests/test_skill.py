@@ -20,6 +20,11 @@ from ovos_skill_persona_fallback.solvers.base import ChatMessage, Role, SolverUn
 REQUEST = f"ovos.skills.fallback.{SKILL_ID}.request"
 
 
+def wire_id(session_id: str) -> str:
+    """A session id as the skill's replies carry it: lone surrogates escaped, so the bus can send it."""
+    return session_id.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class Recorder:
     """Keeps every message emitted on the bus, in order."""
 
@@ -38,7 +43,7 @@ class Recorder:
 
     def spoken(self, session_id: str = None) -> List[str]:
         return [m.data["utterance"] for m in self.messages if m.msg_type == "speak"
-                and (session_id is None or m.context["session"]["session_id"] == session_id)]
+                and (session_id is None or m.context["session"]["session_id"] == wire_id(session_id))]
 
     def of(self, msg_type: str) -> List[Message]:
         return [m for m in self.messages if m.msg_type == msg_type]
@@ -51,7 +56,7 @@ class Recorder:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = [m for m in list(self.messages) if m.msg_type == msg_type and
-                     (session_id is None or m.context.get("session", {}).get("session_id") == session_id)]
+                     (session_id is None or m.context.get("session", {}).get("session_id") == wire_id(session_id))]
             if len(found) >= count:
                 return
             time.sleep(0.005)
@@ -62,7 +67,7 @@ def ask(bus: FakeBus, rec: Recorder, message: Message) -> None:
     """Emit a fallback request and wait for its ovos.utterance.handled (the handler runs on a thread)."""
     session_id = message.context["session"]["session_id"]
     before = len([m for m in rec.messages if m.msg_type == "ovos.utterance.handled"
-                  and m.context["session"]["session_id"] == session_id])
+                  and m.context["session"]["session_id"] == wire_id(session_id)])
     bus.emit(message)
     rec.wait_for("ovos.utterance.handled", session_id, count=before + 1)
 
@@ -112,7 +117,7 @@ def test_fallback_protocol_order_and_one_speak_per_sentence(skill_env, box):
     speak = rec.of("speak")[0]
     # forward() keeps source and destination, so the answer reaches the satellite that asked
     assert speak.context["source"] == "audio" and speak.context["destination"] == "skills"
-    assert speak.data["lang"] == "en-us" and speak.data["meta"]["persona"] == "Ada"
+    assert speak.data["lang"] == "en-US" and speak.data["meta"]["persona"] == "Ada"
     assert box.solvers["scripted"].calls[0].messages == [ChatMessage(Role.USER, "who are you")]
 
 
@@ -183,7 +188,7 @@ def test_answer_in_session_language_with_portuguese_dialogs(skill_env, box):
     skill, bus, rec = skill_env()
     ask(bus, rec, request("olá", session_id="pt", lang="pt-PT"))
     [speak] = rec.of("speak")
-    assert speak.data["lang"] == "pt-pt"
+    assert speak.data["lang"] == "pt-PT"
     assert speak.data["utterance"] in [l.replace("{persona}", "Ada") for l in dialog_lines("pt-pt", "error")]
 
 
@@ -193,7 +198,7 @@ def test_malformed_lang_falls_back_to_default(skill_env, box):
     message = request("q")
     message.data["lang"] = "!!not a lang!!"
     ask(bus, rec, message)
-    assert rec.of("speak")[0].data["lang"] == "en-us"
+    assert rec.of("speak")[0].data["lang"] == "en-US"
 
 
 def test_stop_cuts_one_session_while_the_other_completes(skill_env, box):
@@ -270,7 +275,14 @@ def test_unknown_persona_gets_the_list_spoken(skill_env, box):
 def bus_call(bus, rec, msg_type, data, session_id="default"):
     rec.clear()
     bus.emit(Message(msg_type, data, {"session": Session(session_id).serialize()}))
-    replies = [m for m in rec.messages if m.msg_type in (f"{msg_type}.response", f"{msg_type}.error")]
+    deadline = time.monotonic() + 5  # persona.ask answers from a thread of its own
+    while time.monotonic() < deadline:
+        replies = [m for m in list(rec.messages) if m.msg_type in (f"{msg_type}.response", f"{msg_type}.error")]
+        if replies:
+            break
+        time.sleep(0.005)
+    time.sleep(0.02)  # a second reply would be a bug: give it the chance to show
+    replies = [m for m in list(rec.messages) if m.msg_type in (f"{msg_type}.response", f"{msg_type}.error")]
     assert len(replies) == 1, rec.types()
     return replies[0]
 
@@ -281,7 +293,7 @@ def test_bus_api_good_requests(skill_env, box):
     skill, bus, rec = skill_env(make_persona(description="First"), make_persona("Bob", ("other",), lang="pt-pt"))
     reply = bus_call(bus, rec, "persona.ask", {"utterance": "meaning of life?"}, "S")
     assert (reply.msg_type, reply.data) == ("persona.ask.response",
-                                            {"answer": "Forty two. Really.", "persona": "Ada", "lang": "en-us"})
+                                            {"answer": "Forty two. Really.", "persona": "Ada", "lang": "en-US"})
     assert rec.spoken() == [], "persona.ask answers on the bus, it does not speak"
     reply = bus_call(bus, rec, "persona.ask", {"utterance": "hi", "persona": "Bob"}, "S")
     assert reply.data["persona"] == "Bob" and reply.data["answer"] == "Bob says hi."
@@ -373,3 +385,74 @@ def test_busy_line_when_every_slot_and_the_line_are_taken(skill_env, box):
     assert rec.spoken("B") == list(dialog_lines("en-us", "busy"))
     rec.wait_for("ovos.utterance.handled", "A")
     assert rec.spoken("A") == ["Slow answer."]
+
+
+# -- defects found by running the skill as a user would --------------------------------------------
+
+def test_persona_thinking_line_fills_its_placeholders(skill_env, box):
+    box.add("scripted").enqueue("Answer.", first_delay=0.4)
+    skill, bus, rec = skill_env(make_persona("Ada", thinking=ThinkingSettings(0.1, ("{name} is thinking.",))))
+    ask(bus, rec, request("hard question"))
+    assert rec.spoken() == ["Ada is thinking.", "Answer."]
+
+
+def test_persona_ask_does_not_hold_the_bus_handler(skill_env, box):
+    box.add("scripted").enqueue("Slow ", "answer.", first_delay=0.5)
+    skill, bus, rec = skill_env()
+    started = time.monotonic()
+    bus.emit(Message("persona.ask", {"utterance": "q"}, {"session": Session("S").serialize()}))
+    assert time.monotonic() - started < 0.3, "FakeBus runs handlers inline: the handler must return at once"
+    rec.wait_for("persona.ask.response", "S")
+    assert rec.of("persona.ask.response")[0].data["answer"] == "Slow answer."
+
+
+def test_release_with_another_persona_named_keeps_the_active_one(skill_env, box):
+    box.add("scripted")
+    box.add("other").enqueue("Bob here.")
+    skill, bus, rec = skill_env(make_persona("Ada"), make_persona("Bob", ("other",)))
+    skill.engine.set_active("S", "Bob")
+    bus.emit(Message(f"{SKILL_ID}:release_persona.intent", {"persona": "Ada", "utterance": "stop talking as ada"},
+                     {"session": Session("S").serialize()}))
+    [speak] = rec.of("speak")
+    assert speak.data["meta"]["dialog"] == "not_active"
+    assert speak.data["utterance"] in [line.format(name="Ada", persona="Bob")
+                                       for line in dialog_lines("en-us", "not_active")]
+    assert skill.engine.active_persona("S").name == "Bob"
+    rec.clear()
+    bus.emit(Message(f"{SKILL_ID}:release_persona.intent", {"persona": "bob", "utterance": "stop talking as bob"},
+                     {"session": Session("S").serialize()}))
+    assert rec.of("speak")[0].data["meta"]["dialog"] == "released"
+    assert skill.engine.active_persona("S").name == "Ada"
+
+
+def test_session_persona_id_summons_ours_and_leaves_others(skill_env, box):
+    box.add("scripted")
+    bob = box.add("other").enqueue("Bob answers.")
+    skill, bus, rec = skill_env(make_persona("Ada"), make_persona("Bob", ("other",)))
+    summoned = Session("S", lang="en-us")
+    summoned.persona_id = "Bob"
+    message = Message(REQUEST, {"utterances": ["hi"], "lang": "en-us"}, {"session": summoned.serialize()})
+    assert skill.can_answer(message)
+    ask(bus, rec, message)
+    assert rec.spoken("S") == ["Bob answers."] and len(bob.calls) == 1
+    foreign = Session("T", lang="en-us")
+    foreign.persona_id = "somebody-elses-persona"
+    assert not skill.can_answer(Message(REQUEST, {"utterances": ["hi"]}, {"session": foreign.serialize()}))
+
+
+def test_replies_to_a_context_with_lone_surrogates_can_be_sent(skill_env, box):
+    box.add("scripted").enqueue("Fine.")
+    skill, bus, rec = skill_env()
+    context = {"session": Session("S").serialize(), "source": "sat-\ud800", "destination": ["x\udfff"]}
+    bus.emit(Message("persona.list", {}, context))
+    [reply] = rec.of("persona.list.response")
+    reply.serialize().encode("utf-8")  # raises on a lone surrogate
+    assert reply.context["destination"] == "sat-\\ud800" and reply.context["source"] == ["x\\udfff"]
+
+
+def test_settings_lock_is_our_own(skill_env):
+    skill, bus, rec = skill_env()
+    assert skill._config_lock is not getattr(skill, "_settings_lock", None)
+    skill.settings["priority"] = 42.0  # a settings UI's float
+    skill.on_settings_changed()
+    assert skill._config["priority"] == 42

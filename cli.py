@@ -128,11 +128,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ovos_utils.log import LOG
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = False
+    while argv[:1] and argv[0] in ("-v", "--verbose"):
+        verbose, argv = True, argv[1:]
     if argv[:1] == ["demo"]:
         # the demo has its own options; argparse would refuse those that start with "--"
         from . import demo
 
+        LOG.set_level("DEBUG" if verbose else "INFO")
         return demo.main(argv[1:])
+    if verbose:
+        argv.insert(0, "--verbose")
     args = build_parser().parse_args(argv)
     # OVOS's LOG writes to whatever sys.stdout is when a logger is made: keep stdout for answers
     args.out = sys.stdout

@@ -158,7 +158,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     common = BARE_PIPELINE if args.bare_pipeline else COMMON_PIPELINE
     our_pipeline, their_pipeline = common + [OUR_STAGE], common + [THEIR_STAGE]
 
-    from ovos_skill_persona_fallback.demo import OVOSStack, StackError
+    from ovos_skill_persona_fallback.ovos_stack import OVOSStack, StackError
     try:
         import ovos_persona  # noqa: F401 - only to tell the user early
         from importlib.metadata import version

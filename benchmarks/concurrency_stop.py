@@ -313,7 +313,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         f"(default {STAGGER:g})")
     args = parser.parse_args(argv)
 
-    from ovos_skill_persona_fallback.demo import OVOSStack, StackError
+    from ovos_skill_persona_fallback.ovos_stack import OVOSStack, StackError
 
     problems: List[str] = []  # of the skill-level rounds (the measurement proper)
     core_problems: List[str] = []

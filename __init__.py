@@ -105,7 +105,9 @@ class PersonaFallbackSkill(FallbackSkill):
                               ("persona.context.inject", self.handle_context_inject),
                               ("persona.context.clear", self.handle_context_clear),
                               ("persona.conversation.end", self.handle_conversation_end),
-                              ("persona.active.set", self.handle_active_set)):
+                              ("persona.active.set", self.handle_active_set),
+                              ("ovos.persona.query", self.handle_persona_query),
+                              ("ovos.persona.list", self.handle_persona_list)):
             self.add_event(name, handler, speak_errors=False)
         self.settings_change_callback = self.on_settings_changed
 
@@ -355,6 +357,7 @@ class PersonaFallbackSkill(FallbackSkill):
         except NoPersonaError:
             self._say_dialog(message, lang, "unknown_persona", name=name or "?", personas=self._persona_names())
             return
+        message = self._announce_persona(message, session, persona.name)
         self._say_dialog(message, lang, "switched", persona=persona.name)
 
     @intent_handler("which_persona.intent")
@@ -387,7 +390,9 @@ class PersonaFallbackSkill(FallbackSkill):
         """Go back to the default persona; "stop talking as X" when X is not active changes nothing."""
         session = self._session(message)
         named = _text(message.data.get("persona")) if isinstance(message.data, dict) else ""
-        active = self.engine.active_persona(session.session_id)
+        summoned = getattr(session, "persona_id", None)
+        active = ((self.engine.find_persona(summoned) if isinstance(summoned, str) and summoned else None)
+                  or self.engine.active_persona(session.session_id))
         if named and active is not None:
             meant = self.engine.find_persona(named, fuzzy=True)
             if meant is None or meant.name != active.name:
@@ -395,6 +400,8 @@ class PersonaFallbackSkill(FallbackSkill):
                                  name=named, persona=active.name)
                 return
         self.engine.reset_active(session.session_id)
+        message = self._announce_persona(message, session, None,
+                                         dismissed=active.name if active is not None else "")
         persona = self.engine.active_persona(session.session_id)
         self._say_dialog(message, self._dialog_lang(message, session), "released",
                          persona=persona.name if persona else "")
@@ -508,7 +515,85 @@ class PersonaFallbackSkill(FallbackSkill):
         except NoPersonaError as err:
             self._error(message, f"{err}; known personas: {self._persona_names()}")
             return
+        message = self._announce_persona(message, self._session(message), persona.name)
         self._respond(message, {"persona": persona.name, "session_id": session_id})
+
+    # -- OVOS persona protocol (OVOS-PERSONA-1) ---------------------------------------------------
+
+    def _announce_persona(self, message: Message, session: Session, persona_id: Optional[str],
+                          dismissed: str = "") -> Message:
+        """Set (or clear) ``persona_id`` in the session we reply with and announce the change.
+
+        Returns the message to build further replies from, so they carry the new session.
+        """
+        outgoing = self._outgoing(message)
+        context = copy.deepcopy(outgoing.context) if isinstance(outgoing.context, dict) else {}
+        carried = context.get("session")
+        if not isinstance(carried, dict):
+            carried = {"session_id": session.session_id}
+        if persona_id:
+            carried["persona_id"] = persona_id
+        else:
+            carried.pop("persona_id", None)
+        context["session"] = carried
+        updated = Message(message.msg_type, message.data, context)
+        if persona_id:
+            self.bus.emit(updated.forward("ovos.persona.activated",
+                                          {"persona_id": persona_id, "session_id": session.session_id}))
+        elif dismissed:
+            self.bus.emit(updated.forward("ovos.persona.dismissed",
+                                          {"persona_id": dismissed, "session_id": session.session_id}))
+        return updated
+
+    def handle_persona_list(self, message: Message) -> None:
+        """``ovos.persona.list`` -> ``.response`` {pipeline_id, personas: [{persona_id, name, tags}]}."""
+        personas = [{"persona_id": persona.name, "name": persona.name, "tags": list(persona.tags)}
+                    for _, persona in sorted(self.engine.personas.items())]
+        self._respond(message, {"pipeline_id": self.skill_id, "personas": personas})
+
+    def handle_persona_query(self, message: Message) -> None:
+        """``ovos.persona.query`` {persona_id, utterance}: answered from a thread of its own."""
+        threading.Thread(target=self._run_persona_query, args=(message,), daemon=True,
+                         name=f"query-{self.skill_id}").start()
+
+    def _run_persona_query(self, message: Message) -> None:
+        """Answer with ``ovos.persona.answer``: ``response`` for ours, ``error`` for every other outcome.
+
+        The exchange reads the session's history but is not added to it: an out-of-band lookup
+        does not become part of the spoken conversation.
+        """
+        data = message.data if isinstance(message.data, dict) else None
+        persona_id = data.get("persona_id") if data is not None else None
+        utterance = data.get("utterance") if data is not None else None
+        echo = {"persona_id": _clean(persona_id) if isinstance(persona_id, str) else "",
+                "utterance": _clean(utterance) if isinstance(utterance, str) else ""}
+
+        def answer(**result: str) -> None:
+            self.bus.emit(self._outgoing(message).reply("ovos.persona.answer", {**echo, **result}))
+
+        try:
+            if data is None:
+                return answer(error="message data must be an object")
+            if not isinstance(persona_id, str) or not persona_id.strip():
+                return answer(error="persona_id must be non-empty text")
+            if not isinstance(utterance, str) or not utterance.strip():
+                return answer(error="utterance must be non-empty text")
+            persona = self.engine.find_persona(persona_id)
+            if persona is None:
+                return answer(error="unsupported persona_id")
+            session = self._session(message)
+            lang = self.engine.resolve_lang(self._lang(message, session), utterance, persona)
+            try:
+                result = self.engine.ask(_text(utterance), session_id=session.session_id, persona=persona.name,
+                                         lang=lang, speaker=self._speaker(message, session), remember=False)
+            except EngineBusy:
+                return answer(error="busy: too many answers at once")
+            if not result.sentences:
+                return answer(error=f"{persona.name} could not answer")
+            return answer(response=result.text)
+        except Exception as err:  # every query is answered, whatever happened
+            self.log.exception(f"ovos.persona.query failed: {err}")
+            return answer(error="the persona could not answer")
 
 
 def create_skill(*args: Any, **kwargs: Any) -> PersonaFallbackSkill:

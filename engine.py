@@ -227,10 +227,12 @@ class PersonaEngine:
 
     def stream(self, question: str, *, session_id: str, persona: Optional[str] = None,
                lang: Optional[str] = None, speaker: Optional[Speaker] = None,
-               cancel: Optional[CancelToken] = None) -> AnswerStream:
+               cancel: Optional[CancelToken] = None, remember: bool = True) -> AnswerStream:
         """Start answering; iterate the result for sentences as soon as each is ready.
 
-        Raises ``NoPersonaError`` when ``persona`` is unknown or no persona is loaded.
+        The conversation's history is always read; ``remember`` False keeps this exchange out
+        of it (an out-of-band lookup). Raises ``NoPersonaError`` when ``persona`` is unknown or
+        no persona is loaded.
         """
         chosen = self.find_persona(persona) if persona else self.active_persona(session_id)
         if chosen is None:
@@ -242,7 +244,7 @@ class PersonaEngine:
             LOG.warning(f"utterance of {len(question)} characters cut to {self.max_utterance_chars}")
             question = question[:self.max_utterance_chars]
         sentences = self._answer(chosen, question.strip(), session_id, user_lang, speaker or Speaker(),
-                                 token, answer)
+                                 token, answer, remember)
         return AnswerStream(answer, sentences)
 
     def resolve_lang(self, lang: Optional[str], question: str, persona: Persona) -> str:
@@ -270,7 +272,7 @@ class PersonaEngine:
         return persona.memory.resolved(self.memory_defaults)
 
     def _answer(self, persona: Persona, question: str, session_id: str, user_lang: str,
-                speaker: Speaker, token: CancelToken, answer: Answer) -> Iterator[str]:
+                speaker: Speaker, token: CancelToken, answer: Answer, remember: bool = True) -> Iterator[str]:
         said: List[str] = []
         solver_question = question
         finished = False
@@ -332,8 +334,9 @@ class PersonaEngine:
             self._use_links(links, -1)
             self._log_failures(persona, answer.result.failures)
             if said:
-                interrupted = not finished or answer.result.interrupted
                 answer.result.cancelled = answer.result.cancelled or token.cancelled
+            if said and remember:
+                interrupted = not finished or answer.result.interrupted
                 self._remember(persona, session_id, solver_question, question, said, answer, user_lang,
                                interrupted, flight)
 
@@ -378,7 +381,7 @@ class PersonaEngine:
                     while len(self._logged_errors) > MAX_LOGGED_ERRORS:
                         self._logged_errors.popitem(last=False)
             if seen:
-                LOG.info(f"persona {persona.name}: {failure.describe()} (again)")
+                LOG.debug(f"persona {persona.name}: {failure.describe()} (again)")
             else:
                 LOG.warning(f"persona {persona.name}: {failure.describe()}\n{failure.format_traceback()}")
 

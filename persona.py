@@ -14,6 +14,7 @@ A persona file holds one persona::
     memory: {max_turns: 12, max_age_minutes: 1440}
     thinking: {after_seconds: 2, messages: ["Let me think."]}
     answer_instruction: Answer in {lang}.   # optional: see Persona.answer_instruction
+    tags: [chat, offline]          # optional: announced in ovos.persona.list
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ DEFAULT_MAX_AGE_MINUTES = 24 * 60
 PLACEHOLDERS = ("name", "user", "location", "date", "time", "lang")
 _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 _RESERVED_KEYS = {"name", "description", "system_prompt", "context", "lang", "solvers", "handlers",
-                  "generation", "memory", "thinking", "answer_instruction"}
+                  "generation", "memory", "thinking", "answer_instruction", "tags"}
 
 
 class PersonaError(ValueError):
@@ -95,6 +96,8 @@ class Persona:
     #: this line ({lang}: the language's English name) added to the system message, and nothing
     #: is translated; when empty, the question and answer are translated
     answer_instruction: str = ""
+    #: freeform capability tags, announced in OVOS-PERSONA-1's ovos.persona.list
+    tags: Tuple[str, ...] = ()
     source: str = ""
 
     def solver_config(self, solver_id: str) -> Mapping[str, Any]:
@@ -250,6 +253,7 @@ def parse_persona(data: Any, source: str = "<persona>",
             messages=check.strings(thinking_block.get("messages"), "thinking.messages"),
         ),
         answer_instruction=check.text(data, "answer_instruction").strip(),
+        tags=tuple(tag.strip() for tag in check.strings(data.get("tags"), "tags") if tag.strip()),
         source=source,
     )
     if check.problems:

@@ -142,7 +142,10 @@ def _crash() -> None:
     raise RuntimeError("plugin exploded")
 
 
-def test_solver_failure_logs_its_traceback_once(box, engine_with, caplog):
+def test_solver_failure_logs_its_traceback_once(box, engine_with, caplog, monkeypatch):
+    from ovos_utils.log import LOG
+
+    monkeypatch.setattr(LOG, "level", "DEBUG")
     failing = box.add("broken")
     box.add("scripted")
     engine = engine_with(make_persona(solvers=("broken", "scripted")))
@@ -153,7 +156,7 @@ def test_solver_failure_logs_its_traceback_once(box, engine_with, caplog):
             failing.enqueue(error=SolverUnavailable("down because of the plugin"))
             failing.replies[-1].error.__cause__ = err
         box.solvers["scripted"].enqueue("Fine.")
-        with caplog.at_level(logging.INFO):
+        with caplog.at_level(logging.DEBUG):
             assert engine.ask("q", session_id="s").sentences == ["Fine."]
     tracebacks = [r for r in caplog.records if "Traceback" in r.getMessage()]
     assert len(tracebacks) == 1

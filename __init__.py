@@ -82,7 +82,8 @@ class PersonaFallbackSkill(FallbackSkill):
             db_path = self._config["db_path"] or None
             self.engine = PersonaEngine(self._config["persona_dirs"], memory=ConversationMemory(db_path),
                                         default_persona=self._config["default_persona"],
-                                        translator=self._make_translator())
+                                        translator=self._make_translator(),
+                                        default_solvers=self._config["default_solvers"])
         self._apply_engine_settings()
         self.register_fallback(self.handle_fallback, self._config["priority"])
         for name, handler in (("persona.ask", self.handle_ask), ("persona.list", self.handle_list),
@@ -113,7 +114,9 @@ class PersonaFallbackSkill(FallbackSkill):
             for problem in problems:
                 self.log.error(problem)
             self._apply_engine_settings()
-            if self._config["persona_dirs"] != previous["persona_dirs"]:
+            if self._config["default_solvers"] != previous["default_solvers"]:
+                self.engine.default_solvers = self._config["default_solvers"]
+            if any(self._config[key] != previous[key] for key in ("persona_dirs", "default_solvers")):
                 self.engine.load_personas(self._config["persona_dirs"])
             modules = ("translation_module", "detection_module")
             if any(self._config[key] != previous[key] for key in modules) and self._owns_engine:

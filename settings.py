@@ -4,10 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
+from .persona import DEFAULT_SOLVERS
+
 DEFAULT_SETTINGS: Dict[str, Any] = {
     "enabled": True,
     "default_persona": "Ava",
     "persona_dirs": [],
+    # the chain of personas whose file names no backend (Character Cards, LoLLMs)
+    "default_solvers": list(DEFAULT_SOLVERS),
     "priority": 90,
     "thinking_delay": 2.0,
     "max_turns": 12,
@@ -35,11 +39,22 @@ def _number(low: float, high: float, integer: bool = False) -> _Rule:
                  f"{word} from {low:g} to {high:g}")
 
 
+def _solver_chain(value: Any) -> bool:
+    from .formats.common import chain_entries
+
+    try:
+        chain_entries(value)
+    except ValueError:
+        return False
+    return isinstance(value, list)
+
+
 _RULES: Dict[str, _Rule] = {
     "enabled": _Rule(lambda v: isinstance(v, bool), "true or false"),
     "default_persona": _Rule(lambda v: isinstance(v, str) and bool(v.strip()), "a persona name"),
     "persona_dirs": _Rule(lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
                           "a list of folder paths"),
+    "default_solvers": _Rule(_solver_chain, "a non-empty list of solver ids or {id: config} mappings"),
     "priority": _number(0, 100, integer=True),
     "thinking_delay": _number(0, 60),
     "max_turns": _number(0, 1000, integer=True),

@@ -319,6 +319,10 @@ class PersonaFallbackSkill(FallbackSkill):
             self._say_dialog(message, lang, "unknown_persona", name=name or "?", personas=self._persona_names())
             return
         self._say_dialog(message, lang, "switched", persona=persona.name)
+        greeting = self.engine.greeting(persona, self._speaker(message, session), lang)
+        if greeting:
+            self._say(message, self.engine.localize(greeting, persona.lang, lang), lang, dialog="greeting",
+                      persona=persona.name)
 
     @intent_handler("which_persona.intent")
     def handle_which_persona(self, message: Message) -> None:

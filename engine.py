@@ -8,6 +8,7 @@ session id: active persona, memory, injected context, in-flight generations.
 from __future__ import annotations
 
 import difflib
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -21,8 +22,8 @@ from .concurrency import FairSemaphore, QueueFull
 from .chain import ChainLink, ChainResult, Deadlines, SolverChain, SolverFailure, SolverInput
 from .languages import FALLBACK_LANG, base_lang, normalize_lang
 from .memory import ConversationMemory
-from .persona import DEFAULT_SOLVERS, MemorySettings, Persona, load_personas
-from .prompt import Speaker, build_messages, with_answer_instruction
+from .persona import DEFAULT_SOLVERS, MemorySettings, Persona, fill_placeholders, load_personas
+from .prompt import Speaker, build_messages, placeholder_values, with_answer_instruction
 from .solvers import create_solver, known_solver_ids
 from .solvers.base import CancelToken, ChatMessage, Role, SolverContext, SolverError
 from .speech import SentenceSplitter
@@ -199,6 +200,13 @@ class PersonaEngine:
             while len(self._active) > self._max_sessions:
                 self._active.popitem(last=False)
         return persona
+
+    def greeting(self, persona: Persona, speaker: Optional[Speaker] = None, lang: str = "") -> str:
+        """Return one of the persona's greetings at random (placeholders filled), or '' if it has none."""
+        if not persona.greetings:
+            return ""
+        values = placeholder_values(persona, speaker or Speaker(), lang or persona.lang, self._clock())
+        return fill_placeholders(random.choice(persona.greetings), values).strip()
 
     def reset_active(self, session_id: str) -> None:
         """Return the session to the default persona."""

@@ -20,6 +20,10 @@ from .persona import Persona, fill_placeholders
 from .solvers.base import ChatMessage, Role
 
 
+#: what ``{user}`` becomes when the speaker's name is unknown (the label completions prompts use too)
+DEFAULT_USER_NAME = "User"
+
+
 @dataclass(frozen=True)
 class Speaker:
     """What is known of who is asking; every field may be empty."""
@@ -33,7 +37,7 @@ def placeholder_values(persona: Persona, speaker: Speaker, lang: str, started_at
     moment = datetime.fromtimestamp(started_at)
     return {
         "name": persona.name,
-        "user": speaker.name,
+        "user": speaker.name or DEFAULT_USER_NAME,
         "location": speaker.location,
         "date": moment.strftime("%Y-%m-%d"),
         "time": moment.strftime("%H:%M"),

@@ -50,7 +50,7 @@ def _chunks(raw: bytes, source: str) -> Dict[str, bytes]:
         length, kind = struct.unpack(">I4s", raw[offset:offset + 8])
         end = offset + 8 + length + 4
         if end > len(raw):
-            raise PersonaError([f"{source}: is a truncated PNG (chunk {kind!r} is cut off)"])
+            raise PersonaError([f"{source}: is a truncated PNG (chunk {kind.decode('latin-1')!r} is cut off)"])
         body = raw[offset + 8:offset + 8 + length]
         if kind == b"tEXt" and b"\x00" in body:
             keyword, _, text = body.partition(b"\x00")

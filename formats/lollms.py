@@ -47,10 +47,13 @@ def _lang(fields: Fields) -> str:
 
 
 def _label(prefix: str, fallback: str) -> str:
+    """Return a prefix as a completions label that ends in a space or newline ("### Human: ")."""
     prefix = prefix.replace("{", "{{").replace("}", "}}")
     if not prefix.strip():
         return f"{fallback}: "
-    return prefix if prefix.endswith(("\n", ":", ": ")) else f"{prefix.strip()}: "
+    if prefix.endswith(("\n", " ")):
+        return prefix
+    return f"{prefix} " if prefix.endswith(":") else f"{prefix}: "
 
 
 def translate(data: Mapping[str, Any], ctx: ReadContext) -> Tuple[Dict[str, Any], List[str]]:
@@ -83,7 +86,7 @@ def translate(data: Mapping[str, Any], ctx: ReadContext) -> Tuple[Dict[str, Any]
     if "openai" in document["solvers"]:
         user, ai = (_label(fields.text(key), label) for key, label in zip(prefixes, ("User", "Assistant")))
         block = dict(document.get("openai") or {})
-        block.setdefault("prompt_template", f"{{system}}\n\n{{history}}{user}{{question}}\n{ai}")
+        block.setdefault("prompt_template", f"{{system}}\n\n{{history}}{user}{{question}}\n{ai.rstrip(' ')}")
         document["openai"] = block
     else:
         ignored += [key for key in prefixes if key in data]

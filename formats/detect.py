@@ -88,7 +88,8 @@ def decode(raw: bytes, path: Path) -> Any:
                     raise
         return _yaml(text)
     except json.JSONDecodeError as err:
-        raise PersonaError([f"{path}: is not valid JSON: {err.msg} at line {err.lineno} "
+        reason = err.msg[:-3] if err.msg.endswith(" at") else err.msg  # "...starting at" + " at line"
+        raise PersonaError([f"{path}: is not valid JSON: {reason} at line {err.lineno} "
                             f"column {err.colno}"]) from err
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_persona
 from persona_samples import CARD_V2, CARD_V3, card_chunk, png
 from ovos_skill_persona_fallback.lorebook import LoreEntry, Lorebook
 from ovos_skill_persona_fallback.persona import Persona, PersonaError, load_persona_file

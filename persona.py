@@ -1,4 +1,4 @@
-"""Persona files: load (JSON or YAML), validate with one clear line per problem, normalise.
+"""Our persona format (JSON or YAML): the model, validation with one clear line per problem, loading.
 
 A persona file holds one persona::
 
@@ -133,24 +133,28 @@ def fill_placeholders(text: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER_RE.sub(lambda match: str(values.get(match.group(1), "")), text)
 
 
-def _rapidfuzz_match(word: str, choices: Sequence[str]) -> Optional[str]:
-    try:
-        from rapidfuzz import process
-    except ImportError:  # rapidfuzz comes with OVOS, but difflib does the job without it
-        return None
-    found = process.extractOne(word, list(choices), score_cutoff=75)
-    return found[0] if found else None
+#: how alike (0-100) a key must be to the suggested one
+SUGGEST_CUTOFF = 75
 
 
 def suggest(word: str, choices: Sequence[str]) -> Optional[str]:
-    """Return the choice ``word`` was most likely meant to be, or None when nothing is close."""
+    """Return the choice ``word`` was most likely meant to be, or None when nothing is close.
+
+    Known aliases first (``n_predict`` -> ``max_tokens``), then the closest spelling: with
+    rapidfuzz when installed (it comes with OVOS), else with difflib.
+    """
     lowered = word.lower()
     if lowered in KEY_ALIASES and KEY_ALIASES[lowered] in choices:
         return KEY_ALIASES[lowered]
     if not choices:
         return None
-    close = difflib.get_close_matches(lowered, list(choices), n=1, cutoff=0.75)
-    return close[0] if close else _rapidfuzz_match(lowered, choices)
+    try:
+        from rapidfuzz import fuzz, process
+    except ImportError:
+        close = difflib.get_close_matches(lowered, list(choices), n=1, cutoff=SUGGEST_CUTOFF / 100)
+        return close[0] if close else None
+    found = process.extractOne(lowered, list(choices), scorer=fuzz.ratio, score_cutoff=SUGGEST_CUTOFF)
+    return found[0] if found else None
 
 
 class _Checker:

@@ -119,8 +119,11 @@ def entry_point_personas(known_solvers: Optional[FrozenSet[str]] = None,
                          default_solvers: Sequence[Any] = DEFAULT_SOLVERS) -> Iterator[Union[Persona, PersonaError]]:
     """Yield the personas installed packages publish (``opm.persona``), or the error of each bad one."""
     try:
-        found = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
-    except (TypeError, ValueError) as err:  # a broken distribution's metadata
+        every = metadata.entry_points()
+        # Python 3.9 returns a dict of lists, later versions a selectable collection
+        found = list(every.select(group=ENTRY_POINT_GROUP) if hasattr(every, "select")
+                     else every.get(ENTRY_POINT_GROUP, ()))
+    except Exception as err:  # a broken distribution's metadata can raise anything; loading goes on
         yield PersonaError([f"{ENTRY_POINT_GROUP}: entry points cannot be listed: {err}"])
         return
     for entry in found:

@@ -86,3 +86,14 @@ def test_description_placeholder_and_its_alias(tmp_path):
                                      "system_prompt: 'You are {name}, {description}. ({desc})'\n")
     messages = build_messages(load_persona_file(path, KNOWN), [], "hi", speaker=Speaker(), now=0)
     assert messages[0].content == "You are Bob, a grumpy innkeeper. (a grumpy innkeeper)"
+
+
+def test_suggestions_are_the_same_without_rapidfuzz(monkeypatch):
+    import sys
+
+    with_rapidfuzz = [suggest(key, ["temperature", "top_k", "max_tokens", "repeat_penalty"])
+                      for key in ("temprature", "topk", "max_token", "zebra", "n_predict")]
+    monkeypatch.setitem(sys.modules, "rapidfuzz", None)  # import fails: difflib answers
+    without = [suggest(key, ["temperature", "top_k", "max_tokens", "repeat_penalty"])
+               for key in ("temprature", "topk", "max_token", "zebra", "n_predict")]
+    assert with_rapidfuzz == without == ["temperature", "top_k", "max_tokens", None, "max_tokens"]

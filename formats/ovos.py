@@ -2,10 +2,10 @@
 config block per plugin, ``memory_module``; and personas installed packages publish through the
 ``opm.persona`` entry point group.
 
-Plugin ids of solvers built in here become the built-in (``ovos-solver-failure-plugin`` ->
-``failure``, ``ovos-solver-rivescript-plugin`` -> ``chitchat``, the OpenAI-compatible plugins ->
-``openai``); a plugin that is not installed is skipped with a warning while another solver
-remains.
+The OpenAI-compatible plugins become the built-in ``openai`` solver; ``ovos-solver-failure-plugin``
+and ``ovos-solver-rivescript-plugin`` become ``failure`` and ``chitchat`` when they are not
+installed themselves; any other plugin that is not installed is skipped with a warning while
+another solver remains.
 """
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ NATIVE_KEYS = frozenset({"description", "system_prompt", "context", "lang", "gen
 
 def _solver_list(data: Mapping[str, Any]) -> Any:
     return data.get("handlers", data.get("solvers"))
+
+
+def _solver_for(plugin: str, known: Optional[FrozenSet[str]]) -> str:
+    """The OpenAI plugins always become our ``openai`` (their ``persona`` must be the system prompt);
+    the failure and RiveScript plugins become the built-ins only when not installed themselves."""
+    if plugin in OPENAI_PLUGINS or (plugin in BUILTIN_FOR_PLUGIN and (known is None or plugin not in known)):
+        return BUILTIN_FOR_PLUGIN[plugin]
+    return plugin
 
 
 def looks_like(data: Mapping[str, Any]) -> bool:
@@ -81,7 +89,7 @@ def translate(data: Mapping[str, Any], ctx: ReadContext) -> Tuple[Dict[str, Any]
             chain.append(plugin)
             continue
         used.add(plugin)
-        solver_id = BUILTIN_FOR_PLUGIN.get(plugin, plugin)
+        solver_id = _solver_for(plugin, ctx.known_solvers)
         block = data.get(plugin) if isinstance(data.get(plugin), Mapping) else {}
         if solver_id in chain:
             fields.warn(f"{key}[{index}]: {plugin} is a second {solver_id!r} solver, skipped")

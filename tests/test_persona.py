@@ -46,9 +46,18 @@ thinking: {after_seconds: 1.5, messages: ["Hmm."]}
     assert persona.summary() == {"name": "Ada", "description": "Helpful", "lang": "pt-br"}
 
 
+def test_ovos_persona_file_with_handlers_loads_unchanged(tmp_path):
+    # the shape ovos-persona writes: "handlers" and a top-level config block per plugin
+    path = write(tmp_path, "old.json", json.dumps({
+        "name": "Old Friend", "handlers": ["ovos-solver-failure-plugin"],
+        "ovos-solver-failure-plugin": {"x": 1}}))
+    persona = load_persona_file(path, KNOWN | {"ovos-solver-failure-plugin"})
+    assert persona.solvers == ("ovos-solver-failure-plugin",)
+    assert persona.solver_config("ovos-solver-failure-plugin") == {"x": 1}
+
+
 def test_ovos_persona_file_with_handlers_loads(tmp_path):
-    # the shape ovos-persona writes: "handlers" and a top-level config block per plugin; an
-    # installed plugin keeps its id and block, the failure plugin becomes the built-in
+    # an installed plugin keeps its id and block; the failure plugin, not installed, becomes the built-in
     path = write(tmp_path, "old.json", json.dumps({
         "name": "Old Friend", "handlers": ["ovos-solver-wikipedia-plugin", "ovos-solver-failure-plugin"],
         "ovos-solver-wikipedia-plugin": {"x": 1}}))

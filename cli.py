@@ -3,12 +3,13 @@ run the demo."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import uuid
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .persona import PERSONA_SUFFIXES, PersonaError, load_persona_file, persona_files
+from .persona import DEFAULT_SOLVERS, PERSONA_SUFFIXES, PersonaError, load_persona_file, persona_files
 from .solvers import known_solver_ids
 
 EXIT_OK, EXIT_BAD, EXIT_NO_ANSWER = 0, 1, 2
@@ -56,12 +57,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return status
 
 
+def _default_solvers(text: str) -> list:
+    """Parse ``--default-solvers``: JSON, a list of solver ids or {id: config} mappings."""
+    from .formats.common import chain_entries
+
+    try:
+        value = json.loads(text)
+        chain_entries(value)
+    except ValueError as err:  # JSONDecodeError included
+        raise argparse.ArgumentTypeError(f"not a solver chain: {err}") from err
+    return value
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     """Write the native YAML of a persona file of any readable format (stdout, or ``-o``)."""
     from .formats.native import to_yaml
 
     try:
-        persona = load_persona_file(args.file, known_solver_ids())
+        persona = load_persona_file(args.file, known_solver_ids(), args.default_solvers)
     except PersonaError as err:
         for line in err.problems:
             print(line, file=sys.stderr)
@@ -96,10 +109,10 @@ def _engine(args: argparse.Namespace):
         dirs.append(Path(persona))
     memory = ConversationMemory(args.db) if args.db else ConversationMemory()
     # plugins come from mycroft.conf's "language" section, loaded only if a question needs them
-    engine = PersonaEngine(dirs, memory=memory, translator=Translator())
+    engine = PersonaEngine(dirs, memory=memory, translator=Translator(), default_solvers=args.default_solvers)
     if _is_persona_file(persona):
         try:
-            persona = load_persona_file(Path(persona), known_solver_ids()).name
+            persona = load_persona_file(Path(persona), known_solver_ids(), args.default_solvers).name
         except PersonaError as err:
             raise SystemExit("\n".join(err.problems)) from err
     return engine, persona
@@ -146,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="write the native YAML of a persona file of any format")
     convert.add_argument("file", type=Path)
     convert.add_argument("-o", "--output", type=Path, help="YAML file to write (default: stdout)")
+    chain_help = ('solvers of personas whose file names none (cards, LoLLMs), as JSON: '
+                  '\'["chitchat", "failure"]\' (default) or \'[{"openai": {"api_url": "http://..."}}, "failure"]\'')
+    convert.add_argument("--default-solvers", type=_default_solvers, default=list(DEFAULT_SOLVERS), help=chain_help)
     convert.set_defaults(func=cmd_convert)
 
     ask = commands.add_parser("ask", help="ask a persona (no messagebus needed)")
@@ -156,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--lang", help="the asker's language (default: the persona's)")
     ask.add_argument("--personas-dir", action="append", type=Path, help="extra persona folder (repeatable)")
     ask.add_argument("--db", help="conversation database (default: under XDG_DATA_HOME)")
+    ask.add_argument("--default-solvers", type=_default_solvers, default=list(DEFAULT_SOLVERS), help=chain_help)
     ask.set_defaults(func=cmd_ask)
 
     demo = commands.add_parser("demo", add_help=False,

@@ -132,3 +132,32 @@ def test_greeting_is_empty_for_a_persona_without_one(tmp_path):
         assert engine.greeting(engine.personas["Ava"]) == ""
     finally:
         engine.close()
+
+
+def test_card_answers_through_an_llm_chain_given_on_the_command_line(tmp_path, monkeypatch):
+    from openai_server import FakeOpenAIServer, SSEStream, chat_chunk, sse
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    path = sample_files(tmp_path)["card.json"]
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    with FakeOpenAIServer() as server:
+        server.script(SSEStream(sse(chat_chunk("Rest, traveller.")), interval=0.0))
+        chain = json.dumps([{"openai": {"api_url": f"{server.url}/v1"}}, "failure"])
+        code = cli.main(["ask", "--persona", str(path), "--db", str(tmp_path / "m.db"), "--default-solvers", chain,
+                         "Where is the amulet?"])
+    assert code == 0 and out.getvalue() == "Rest, traveller.\n"
+    [request] = server.requests
+    messages = request.body["messages"]
+    assert [m["role"] for m in messages] == ["system", "system", "user"]
+    assert messages[0]["content"].startswith("You are Seraphina. Stay in character and reply to User.")
+    assert messages[0]["content"].endswith("\n\nSeraphina wears a silver amulet.\n\nMagic exists.")
+    assert messages[1:] == [{"role": "system", "content": "Reply in at most two sentences."},
+                            {"role": "user", "content": "Where is the amulet?"}]
+
+
+def test_a_bad_default_chain_on_the_command_line_is_refused(capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.build_parser().parse_args(["ask", "--default-solvers", "[3]", "hi"])
+    assert caught.value.code == 2
+    assert "not a solver chain: entry 3 is neither a solver id nor an {id: config} mapping" in capsys.readouterr().err

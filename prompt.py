@@ -3,9 +3,10 @@
 The system message is system_prompt, then context, then the lorebook entries the recent messages
 activate, then the conversation's injected context, blank-line separated with empty parts
 skipped. A persona's ``post_history_instructions`` follow the remembered turns as a second system
-message, just before the new question. It must stay byte-identical between the turns of a
-conversation so a local model reuses its cache, so ``{date}`` and ``{time}`` are those of the
-conversation's first remembered turn, not of each question.
+message, just before the new question. The system message must stay byte-identical between the
+turns of a conversation (while no lorebook entry comes or goes) so a local model reuses its
+cache, so ``{date}`` and ``{time}`` are those of the conversation's first remembered turn, not of
+each question.
 """
 from __future__ import annotations
 

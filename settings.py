@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
+from .formats.common import chain_entries
 from .persona import DEFAULT_SOLVERS
 
 DEFAULT_SETTINGS: Dict[str, Any] = {
@@ -40,8 +41,6 @@ def _number(low: float, high: float, integer: bool = False) -> _Rule:
 
 
 def _solver_chain(value: Any) -> bool:
-    from .formats.common import chain_entries
-
     try:
         chain_entries(value)
     except ValueError:

@@ -47,6 +47,9 @@ BAD = [
     ("max_utterance_chars", 1),
     ("db_path", 3),
     ("default_lang", ""),
+    ("default_solvers", "chitchat"),       # not a list
+    ("default_solvers", []),               # empty chain
+    ("default_solvers", [{"openai": 1}]),  # config is not a mapping
 ]
 
 
@@ -66,3 +69,9 @@ def test_good_values_are_taken_and_unknown_keys_ignored():
                                             DEFAULT_SETTINGS)
     assert problems == [] and effective["priority"] == 10 and effective["persona_dirs"] == ["/x"]
     assert "whatever" not in effective
+
+
+def test_default_solvers_take_ids_and_id_config_mappings():
+    chain = [{"openai": {"api_url": "http://127.0.0.1:8080/v1"}}, "failure"]
+    effective, problems = validate_settings({"default_solvers": chain}, DEFAULT_SETTINGS)
+    assert problems == [] and effective["default_solvers"] == chain

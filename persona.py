@@ -358,6 +358,13 @@ def load_persona_file(path: Path, known_solvers: Optional[FrozenSet[str]] = None
     return read_persona(Path(path), known_solvers, default_solvers)
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a sub-folder we may not enter: not a persona folder
+        return False
+
+
 def persona_files(paths: Iterable[Path]) -> List[Path]:
     """Expand files and folders into the persona files they hold, sorted per folder.
 
@@ -372,8 +379,8 @@ def persona_files(paths: Iterable[Path]) -> List[Path]:
             except OSError:
                 found.append(path)  # reported as unreadable by the loader
                 continue
-            found.extend(p for p in entries if p.suffix.lower() in PERSONA_SUFFIXES and p.is_file())
-            found.extend(p / LOLLMS_CONFIG for p in entries if p.is_dir() and (p / LOLLMS_CONFIG).is_file())
+            found.extend(p for p in entries if p.suffix.lower() in PERSONA_SUFFIXES and _is_file(p))
+            found.extend(p / LOLLMS_CONFIG for p in entries if _is_file(p / LOLLMS_CONFIG))
         else:
             found.append(path)
     return found

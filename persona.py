@@ -350,6 +350,14 @@ def parse_persona(data: Any, source: str = "<persona>",
     return replace(persona, warnings=tuple(check.warnings))
 
 
+def read_persona_file(path: Path) -> Any:
+    """Decode a persona file (JSON, YAML or a PNG card's JSON); raise ``PersonaError`` saying why."""
+    from .formats.detect import decode, read_bytes
+
+    path = Path(path)
+    return decode(read_bytes(path), path)
+
+
 def load_persona_file(path: Path, known_solvers: Optional[FrozenSet[str]] = None,
                       default_solvers: Sequence[str] = DEFAULT_SOLVERS) -> Persona:
     """Load and validate one persona file of any readable format (picked by content)."""

@@ -78,15 +78,21 @@ def test_convert_to_stdout_and_a_bad_file(tmp_path, capsys):
         "bad.json: is not valid JSON: Expecting property name enclosed in double quotes at line 1 column 2")
 
 
-def test_card_persona_answers_through_the_cli(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("name,persona", [("card.png", "Seraphina V3"),    # no backend: the default chain
+                                          ("config.yaml", "Lollms Helper"),  # the same
+                                          ("oldschool.json", "OldSchoolBot"),  # plugins missing: chitchat, failure
+                                          ("native.yaml", "N")])             # only failure: it does not know
+def test_each_format_answers_through_the_cli(tmp_path, monkeypatch, name, persona):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    path = sample_files(tmp_path)["card.png"]
+    path = sample_files(tmp_path)[name]
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
     code = cli.main(["ask", "--persona", str(path), "--db", str(tmp_path / "m.db"), "What is your name?"])
     assert code == 0
-    # the default chain answers: chitchat knows the card's name
-    assert out.getvalue() == "I'm Seraphina V3, your voice assistant.\n"
+    if name == "native.yaml":
+        assert out.getvalue() in [line + "\n" for line in dialog_lines("en-us", "failure")]
+    else:
+        assert out.getvalue() == f"I'm {persona}, your voice assistant.\n"
 
 
 REQUEST = f"ovos.skills.fallback.{SKILL_ID}.request"

@@ -168,8 +168,8 @@ def translate(data: Mapping[str, Any], ctx: ReadContext) -> Tuple[Dict[str, Any]
     """Turn a character card into our persona document; return it and the warnings."""
     fields = Fields(data, ctx)
     card = card_data(data, fields)
-    fields.finish()
-    assert card is not None
+    if card is None:
+        raise PersonaError(fields.problems)
     fields.data = card
     name = fields.text("name").strip() or ctx.stem
     macros = _Macros(fields.text("nickname").strip() or "{name}")

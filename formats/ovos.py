@@ -56,6 +56,13 @@ def looks_like(data: Mapping[str, Any]) -> bool:
     return isinstance(solvers, list) and any(isinstance(s, str) and _PLUGIN_ID.search(s) for s in solvers)
 
 
+def _max_turns(document: Dict[str, Any], turns: int) -> None:
+    """Set ``memory.max_turns`` without touching the file's data; a bad ``memory`` is left to validation."""
+    memory = document.get("memory")
+    if memory is None or isinstance(memory, Mapping):
+        document["memory"] = {**(memory or {}), "max_turns": turns}
+
+
 def _openai_block(fields: Fields, plugin: str, block: Mapping[str, Any], document: Dict[str, Any]) -> None:
     config = {key: block[key] for key in OPENAI_KEPT if key in block}
     for key in PROMPT_KEYS:
@@ -64,9 +71,9 @@ def _openai_block(fields: Fields, plugin: str, block: Mapping[str, Any], documen
             document["system_prompt"] = prompt.strip()
             break
     if block.get("enable_memory") is False:
-        document.setdefault("memory", {})["max_turns"] = 0
+        _max_turns(document, 0)
     elif isinstance(block.get("memory_size"), int) and not isinstance(block.get("memory_size"), bool):
-        document.setdefault("memory", {})["max_turns"] = max(0, block["memory_size"])
+        _max_turns(document, max(0, block["memory_size"]))
     document["openai"] = config
     fields.ignored([key for key in block if key not in OPENAI_KEPT + PROMPT_KEYS
                     + ("enable_memory", "memory_size")], plugin)
@@ -107,7 +114,7 @@ def translate(data: Mapping[str, Any], ctx: ReadContext) -> Tuple[Dict[str, Any]
     document["solvers"] = chain
     memory_module = data.get("memory_module", "")
     if "memory_module" in data and memory_module is None:
-        document.setdefault("memory", {})["max_turns"] = 0
+        _max_turns(document, 0)
     elif isinstance(memory_module, str) and isinstance(data.get(memory_module), Mapping):
         used.add(memory_module)
         block = data[memory_module]
@@ -116,7 +123,7 @@ def translate(data: Mapping[str, Any], ctx: ReadContext) -> Tuple[Dict[str, Any]
             document["system_prompt"] = prompt.strip()
         history = block.get("max_history")
         if isinstance(history, int) and not isinstance(history, bool) and history >= 0:
-            document.setdefault("memory", {})["max_turns"] = history
+            _max_turns(document, history)
         fields.ignored([k for k in block if k not in ("system_prompt", "max_history")], memory_module)
     fields.ignored([k for k in data if k not in used])
     fields.finish()

@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from persona_samples import CARD_V2, card_chunk, png
@@ -84,6 +84,9 @@ DOCUMENTS = st.recursive(LEAVES, lambda inner: st.one_of(st.lists(inner, max_siz
 @pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(DOCUMENTS)
+@example({"name": "x", "handlers": ["failure"], "memory_module": None, "memory": 5})  # memory is not a mapping
+@example({"name": "x", "handlers": ["ovos-chat-openai-plugin"], "memory": "y",
+          "ovos-chat-openai-plugin": {"enable_memory": False}})
 def test_fuzzed_documents_of_every_format_never_raise_out_of_the_loader(data):
     ctx = ReadContext("<fuzz>", KNOWN, stem="fuzz")
     try:

@@ -26,6 +26,7 @@ Unknown keys are warnings (``Persona.warnings``) with a "did you mean" suggestio
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -201,7 +202,7 @@ class _Checker:
             return None
         kind = "a whole number" if integer else "a number"
         valid_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not valid_type:
+        if isinstance(value, bool) or not valid_type or not math.isfinite(value):
             self.problem(f"{where}.{key}", f"must be {kind}, not {value!r}")
             return default
         if minimum is not None and value < minimum:

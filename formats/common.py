@@ -2,6 +2,7 @@
 foreign field, and the one warning line that names the ignored fields."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -99,7 +100,8 @@ class Fields:
     def number(self, key: str, data: Optional[Mapping[str, Any]] = None) -> Optional[float]:
         """Return a number field, or None when absent; a non-number is left for validation to report."""
         value = (self.data if data is None else data).get(key)
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
             if value is not None:
                 self.problem(key, f"must be a number, not {value!r}")
             return None

@@ -100,15 +100,6 @@ def decode(raw: bytes, path: Path) -> Any:
         raise PersonaError([f"{path}: is nested too deeply to be a persona file"]) from err
 
 
-def format_of(data: Any) -> str:
-    """Return the name of the format ``data`` (a decoded file) is written in."""
-    if isinstance(data, dict):
-        for name, looks_like, _ in READERS:
-            if looks_like(data):
-                return name
-    return NATIVE
-
-
 def document_of(data: Any, ctx: ReadContext) -> Tuple[Dict[str, Any], List[str], str]:
     """Translate decoded data into our persona document; return it, warnings and the format name."""
     if isinstance(data, dict):

@@ -71,7 +71,8 @@ KEYS = st.sampled_from(["name", "solvers", "handlers", "spec", "data", "persona_
                         "first_mes", "alternate_greetings", "mes_example", "system_prompt", "description",
                         "ovos-solver-openai-persona-plugin", "persona", "language", "user_message_prefix",
                         "ai_message_prefix", "memory", "max_turns", "voice", "token_budget", "scan_depth",
-                        "use_regex", "constant", "selective", "secondary_keys", "insertion_order", "nickname"])
+                        "use_regex", "constant", "selective", "secondary_keys", "insertion_order", "nickname",
+                        "model_top_k", "model_n_predicts", "temperature", "repeat_penalty", "top_k"])
 LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-5, 10 ** 6), st.floats(allow_nan=True),
                    st.text(max_size=12), st.sampled_from(["chara_card_v2", "chara_card_v3", "failure", "openai",
                                                           "ovos-solver-failure-plugin", "{{char}}", "@@activate\nx",
@@ -85,6 +86,7 @@ DOCUMENTS = st.recursive(LEAVES, lambda inner: st.one_of(st.lists(inner, max_siz
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(DOCUMENTS)
 @example({"name": "x", "handlers": ["failure"], "memory_module": None, "memory": 5})  # memory is not a mapping
+@example({"personality_conditioning": "x", "model_top_k": float("inf"), "model_n_predicts": float("nan")})
 @example({"name": "x", "handlers": ["ovos-chat-openai-plugin"], "memory": "y",
           "ovos-chat-openai-plugin": {"enable_memory": False}})
 def test_fuzzed_documents_of_every_format_never_raise_out_of_the_loader(data):

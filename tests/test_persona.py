@@ -95,6 +95,8 @@ BROKEN = [
      ["generation.top_p: must be at most 1, not 1.5", "generation.max_tokens: must be a whole number, not 2.5"]),
     ("boolnum.yaml", "name: A\nsolvers: [failure]\ngeneration: {top_k: true}\n",
      ["generation.top_k: must be a whole number, not True"]),
+    ("inf.yaml", "name: A\nsolvers: [failure]\ngeneration: {repeat_penalty: .inf, temperature: .nan}\n",
+     ["generation.temperature: must be a number, not nan", "generation.repeat_penalty: must be a number, not inf"]),
     ("stop.yaml", "name: A\nsolvers: [failure]\ngeneration: {stop: [1]}\n",
      ["generation.stop: must be a list of text lines"]),
     ("memory.yaml", "name: A\nsolvers: [failure]\nmemory: {max_turns: -2}\n",

@@ -307,9 +307,10 @@ def parse_persona(data: Any, source: str = "<persona>",
     if "name" not in data or (not name and not check.problems):
         check.problem("name", "is missing: every persona needs a name")
     solvers = _solver_ids(check, data, known_solvers)
-    configs: Dict[str, Mapping[str, Any]] = {
-        solver_id: check.block(data, solver_id) for solver_id in solvers
-        if solver_id in data and solver_id not in _RESERVED_KEYS}
+    blocks = {solver_id: check.block(data, solver_id) for solver_id in solvers
+              if solver_id in data and solver_id not in _RESERVED_KEYS}
+    # an empty block is no block: the persona is the same with or without "openai: {}"
+    configs: Dict[str, Mapping[str, Any]] = {solver_id: block for solver_id, block in blocks.items() if block}
     raw_lang = data.get("lang", FALLBACK_LANG)
     lang = normalize_lang(raw_lang, default="")
     if not lang:

@@ -74,7 +74,8 @@ def _openai_block(fields: Fields, plugin: str, block: Mapping[str, Any], documen
         _max_turns(document, 0)
     elif isinstance(block.get("memory_size"), int) and not isinstance(block.get("memory_size"), bool):
         _max_turns(document, max(0, block["memory_size"]))
-    document["openai"] = config
+    if config:
+        document["openai"] = config
     fields.ignored([key for key in block if key not in OPENAI_KEPT + PROMPT_KEYS
                     + ("enable_memory", "memory_size")], plugin)
 
@@ -98,6 +99,8 @@ def translate(data: Mapping[str, Any], ctx: ReadContext) -> Tuple[Dict[str, Any]
         used.add(plugin)
         solver_id = _solver_for(plugin, ctx.known_solvers)
         block = data.get(plugin) if isinstance(data.get(plugin), Mapping) else {}
+        if data.get(plugin) is not None and not isinstance(data.get(plugin), Mapping):
+            fields.problem(plugin, f"must be a mapping of settings, not {type(data[plugin]).__name__}")
         if solver_id in chain:
             fields.warn(f"{key}[{index}]: {plugin} is a second {solver_id!r} solver, skipped")
             continue

@@ -98,7 +98,8 @@ class PersonaFallbackSkill(FallbackSkill):
             db_path = self._config["db_path"] or None
             self.engine = PersonaEngine(self._config["persona_dirs"], memory=ConversationMemory(db_path),
                                         default_persona=self._config["default_persona"],
-                                        translator=self._make_translator())
+                                        translator=self._make_translator(),
+                                        default_solvers=self._config["default_solvers"])
         self._apply_engine_settings()
         self.register_fallback(self.handle_fallback, self._config["priority"])
         for name, handler in (("persona.ask", self.handle_ask), ("persona.list", self.handle_list),
@@ -131,7 +132,9 @@ class PersonaFallbackSkill(FallbackSkill):
             for problem in problems:
                 self.log.error(problem)
             self._apply_engine_settings()
-            if self._config["persona_dirs"] != previous["persona_dirs"]:
+            if self._config["default_solvers"] != previous["default_solvers"]:
+                self.engine.default_solvers = self._config["default_solvers"]
+            if any(self._config[key] != previous[key] for key in ("persona_dirs", "default_solvers")):
                 self.engine.load_personas(self._config["persona_dirs"])
             modules = ("translation_module", "detection_module")
             if any(self._config[key] != previous[key] for key in modules) and self._owns_engine:
@@ -359,6 +362,10 @@ class PersonaFallbackSkill(FallbackSkill):
             return
         message = self._announce_persona(message, session, persona.name)
         self._say_dialog(message, lang, "switched", persona=persona.name)
+        greeting = self.engine.greeting(persona, self._speaker(message, session), lang)
+        if greeting:
+            self._say(message, self.engine.localize(greeting, persona.lang, lang), lang, dialog="greeting",
+                      persona=persona.name)
 
     @intent_handler("which_persona.intent")
     def handle_which_persona(self, message: Message) -> None:

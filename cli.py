@@ -1,13 +1,15 @@
-"""The ``persona-fallback`` command: validate persona files, ask a persona with no bus, run the demo."""
+"""The ``persona-fallback`` command: validate and convert persona files, ask a persona with no bus,
+run the demo."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import uuid
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .persona import PersonaError, load_persona_file, persona_files
+from .persona import DEFAULT_SOLVERS, PERSONA_SUFFIXES, PersonaError, load_persona_file, persona_files
 from .solvers import known_solver_ids
 
 EXIT_OK, EXIT_BAD, EXIT_NO_ANSWER = 0, 1, 2
@@ -27,7 +29,8 @@ def _arg_text(value: str, errors: str = "replace") -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Print ``OK name`` or the problems for every persona file; 1 if any is bad."""
+    """Print ``OK name`` or the problems for every persona file, then its warnings; 1 if any is bad
+    (with ``--strict``, also if any has a warning)."""
     known = known_solver_ids()
     status = EXIT_OK
     files = persona_files(args.paths)
@@ -47,7 +50,52 @@ def cmd_validate(args: argparse.Namespace) -> int:
             status = EXIT_BAD
         else:
             print(f"OK {persona.name} ({path})", file=args.out)
+            for line in persona.warnings:
+                print(f"warning: {line}", file=args.out)
+            if persona.warnings and args.strict:
+                status = EXIT_BAD
     return status
+
+
+def _default_solvers(text: str) -> list:
+    """Parse ``--default-solvers``: JSON, a list of solver ids or {id: config} mappings."""
+    from .formats.common import chain_entries
+
+    try:
+        value = json.loads(text)
+        chain_entries(value)
+    except ValueError as err:  # JSONDecodeError included
+        raise argparse.ArgumentTypeError(f"not a solver chain: {err}") from err
+    return value
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Write the native YAML of a persona file of any readable format (stdout, or ``-o``)."""
+    from .formats.native import to_yaml
+
+    try:
+        persona = load_persona_file(args.file, known_solver_ids(), args.default_solvers)
+    except PersonaError as err:
+        for line in err.problems:
+            print(line, file=sys.stderr)
+        return EXIT_BAD
+    for line in persona.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    text = to_yaml(persona)
+    if args.output is None:
+        args.out.write(text)
+        return EXIT_OK
+    try:
+        args.output.write_text(text, encoding="utf-8")
+    except OSError as err:
+        print(f"{args.output}: cannot be written: {err.strerror or err}", file=sys.stderr)
+        return EXIT_BAD
+    print(f"wrote {persona.name} to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _is_persona_file(value: Optional[str]) -> bool:
+    return bool(value) and (Path(value).suffix.lower() in PERSONA_SUFFIXES or Path(value).is_file())
 
 
 def _engine(args: argparse.Namespace):
@@ -57,14 +105,14 @@ def _engine(args: argparse.Namespace):
 
     dirs: List[Path] = list(args.personas_dir or [])
     persona = args.persona
-    if persona and Path(persona).suffix.lower() in (".json", ".yaml", ".yml"):
+    if _is_persona_file(persona):
         dirs.append(Path(persona))
     memory = ConversationMemory(args.db) if args.db else ConversationMemory()
     # plugins come from mycroft.conf's "language" section, loaded only if a question needs them
-    engine = PersonaEngine(dirs, memory=memory, translator=Translator())
-    if persona and Path(persona).suffix.lower() in (".json", ".yaml", ".yml"):
+    engine = PersonaEngine(dirs, memory=memory, translator=Translator(), default_solvers=args.default_solvers)
+    if _is_persona_file(persona):
         try:
-            persona = load_persona_file(Path(persona), known_solver_ids()).name
+            persona = load_persona_file(Path(persona), known_solver_ids(), args.default_solvers).name
         except PersonaError as err:
             raise SystemExit("\n".join(err.problems)) from err
     return engine, persona
@@ -105,7 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check persona files or folders")
     validate.add_argument("paths", nargs="+", type=Path)
+    validate.add_argument("--strict", action="store_true", help="treat warnings (unknown keys...) as errors")
     validate.set_defaults(func=cmd_validate)
+
+    convert = commands.add_parser("convert", help="write the native YAML of a persona file of any format")
+    convert.add_argument("file", type=Path)
+    convert.add_argument("-o", "--output", type=Path, help="YAML file to write (default: stdout)")
+    chain_help = ('solvers of personas whose file names none (cards, LoLLMs), as JSON: '
+                  '\'["chitchat", "failure"]\' (default) or \'[{"openai": {"api_url": "http://..."}}, "failure"]\'')
+    convert.add_argument("--default-solvers", type=_default_solvers, default=list(DEFAULT_SOLVERS), help=chain_help)
+    convert.set_defaults(func=cmd_convert)
 
     ask = commands.add_parser("ask", help="ask a persona (no messagebus needed)")
     ask.add_argument("question")
@@ -115,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--lang", help="the asker's language (default: the persona's)")
     ask.add_argument("--personas-dir", action="append", type=Path, help="extra persona folder (repeatable)")
     ask.add_argument("--db", help="conversation database (default: under XDG_DATA_HOME)")
+    ask.add_argument("--default-solvers", type=_default_solvers, default=list(DEFAULT_SOLVERS), help=chain_help)
     ask.set_defaults(func=cmd_ask)
 
     demo = commands.add_parser("demo", add_help=False,

@@ -7,12 +7,13 @@ session id: active persona, memory, injected context, in-flight generations.
 """
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 from ovos_utils.log import LOG
 from rapidfuzz import fuzz, process
@@ -21,8 +22,8 @@ from .concurrency import FairSemaphore, QueueFull
 from .chain import ChainLink, ChainResult, Deadlines, SolverChain, SolverFailure, SolverInput
 from .languages import FALLBACK_LANG, base_lang, normalize_lang
 from .memory import ConversationMemory
-from .persona import MemorySettings, Persona, load_personas
-from .prompt import Speaker, build_messages, with_answer_instruction
+from .persona import DEFAULT_SOLVERS, MemorySettings, Persona, fill_placeholders, load_personas
+from .prompt import Speaker, build_messages, placeholder_values, with_answer_instruction
 from .reasoning import ThinkFilter
 from .solvers import create_solver, known_solver_ids
 from .solvers.base import CancelToken, ChatMessage, Role, SolverContext, SolverError
@@ -123,7 +124,8 @@ class PersonaEngine:
                  default_lang: str = FALLBACK_LANG,
                  max_concurrent: int = DEFAULT_MAX_CONCURRENT,
                  max_waiting: int = DEFAULT_MAX_WAITING,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 default_solvers: Sequence[Any] = DEFAULT_SOLVERS) -> None:
         self.memory = memory if memory is not None else ConversationMemory()
         self.translator = translator
         self.default_persona = default_persona
@@ -132,6 +134,8 @@ class PersonaEngine:
         self.memory_defaults = memory_defaults
         #: the language used when a request says "auto" and detection cannot tell
         self.default_lang = default_lang
+        #: the chain of personas whose file names no backend (cards, LoLLMs): ids or {id: config}
+        self.default_solvers = default_solvers
         self.admission = FairSemaphore(max_concurrent, max_waiting)
         self._solver_factory = solver_factory
         self._known_solvers = known_solvers
@@ -158,7 +162,10 @@ class PersonaEngine:
         """(Re)load personas from the shipped folder and ``persona_dirs``; return the problems."""
         dirs = ([SHIPPED_PERSONAS_DIR] if self._include_shipped else []) + [Path(d) for d in persona_dirs]
         known = self._known_solvers() if self._known_solvers else None
-        personas, problems = load_personas(dirs, known, on_problem=LOG.warning)
+        # personas installed packages publish (opm.persona) come with the shipped ones
+        personas, problems = load_personas(dirs, known, on_problem=LOG.warning, on_warning=LOG.warning,
+                                           default_solvers=self.default_solvers,
+                                           plugin_personas=self._include_shipped)
         with self._lock:
             stale = [name for name, old in self._personas.items() if personas.get(name) != old]
             for name in stale:
@@ -217,6 +224,13 @@ class PersonaEngine:
             while len(self._active) > self._max_sessions:
                 self._active.popitem(last=False)
         return persona
+
+    def greeting(self, persona: Persona, speaker: Optional[Speaker] = None, lang: str = "") -> str:
+        """Return one of the persona's greetings at random (placeholders filled), or '' if it has none."""
+        if not persona.greetings:
+            return ""
+        values = placeholder_values(persona, speaker or Speaker(), lang or persona.lang, self._clock())
+        return fill_placeholders(random.choice(persona.greetings), values).strip()
 
     def reset_active(self, session_id: str) -> None:
         """Return the session to the default persona."""

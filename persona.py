@@ -1,4 +1,4 @@
-"""Persona files: load (JSON or YAML), validate with one clear line per problem, normalise.
+"""Our persona format (JSON or YAML): the model, validation with one clear line per problem, loading.
 
 A persona file holds one persona::
 
@@ -15,27 +15,49 @@ A persona file holds one persona::
     thinking: {after_seconds: 2, messages: ["Let me think."]}
     answer_instruction: Answer in {lang}.   # optional: see Persona.answer_instruction
     tags: [chat, offline]          # optional: announced in ovos.persona.list
+    greetings: ["Hello, I am {name}."]      # said when a session switches to the persona
+    post_history_instructions: Stay brief.  # a system message after the remembered turns
+    voice: {}                               # text-to-speech settings kept for later use
+    lorebook: {token_budget: 200, scan_depth: 4, entries: [{keys: [castle], content: ...}]}
+
+Foreign formats (OVOS persona JSON, Character Cards, Tavus, LoLLMs) are read by ``formats/``
+into the same document first; ``load_persona_file`` picks the reader by content.
+Unknown keys are warnings (``Persona.warnings``) with a "did you mean" suggestion.
 """
 from __future__ import annotations
 
-import json
+import difflib
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
-
-import yaml
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .languages import FALLBACK_LANG, normalize_lang
+from .lorebook import Lorebook, parse_lorebook
 from .solvers.base import GenerationSettings
 
-PERSONA_SUFFIXES = (".json", ".yaml", ".yml")
+PERSONA_SUFFIXES = (".json", ".yaml", ".yml", ".png")
+#: the chain of personas whose file names no backend (Character Cards, LoLLMs); the skill's
+#: ``default_solvers`` setting replaces it
+DEFAULT_SOLVERS: Tuple[str, ...] = ("chitchat", "failure")
+LOLLMS_CONFIG = "config.yaml"
 DEFAULT_MAX_TURNS = 12
 DEFAULT_MAX_AGE_MINUTES = 24 * 60
-PLACEHOLDERS = ("name", "user", "location", "date", "time", "lang")
+PLACEHOLDERS = ("name", "user", "location", "date", "time", "lang", "description", "desc")
 _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 _RESERVED_KEYS = {"name", "description", "system_prompt", "context", "lang", "solvers", "handlers",
-                  "generation", "memory", "thinking", "answer_instruction", "tags"}
+                  "generation", "memory", "thinking", "answer_instruction", "greetings",
+                  "post_history_instructions", "voice", "lorebook", "tags"}
+#: misspellings and other programs' names for our keys, checked before fuzzy matching
+KEY_ALIASES = {"n_predict": "max_tokens", "n_predicts": "max_tokens", "num_predict": "max_tokens",
+               "max_new_tokens": "max_tokens", "max_length": "max_tokens",
+               "repetition_penalty": "repeat_penalty", "temp": "temperature",
+               "stop_sequences": "stop", "anti_prompts": "stop", "greeting": "greetings",
+               "first_mes": "greetings", "persona": "system_prompt", "prompt": "system_prompt"}
+_GENERATION_KEYS = tuple(GenerationSettings.__dataclass_fields__)
+_MEMORY_KEYS = ("max_turns", "max_age_minutes")
+_THINKING_KEYS = ("after_seconds", "messages")
 
 
 class PersonaError(ValueError):
@@ -98,7 +120,17 @@ class Persona:
     answer_instruction: str = ""
     #: freeform capability tags, announced in OVOS-PERSONA-1's ovos.persona.list
     tags: Tuple[str, ...] = ()
-    source: str = ""
+    #: lines said when a session switches to the persona (one picked at random)
+    greetings: Tuple[str, ...] = ()
+    #: a system message placed after the remembered turns, before the new question
+    post_history_instructions: str = ""
+    #: text-to-speech settings from the file (Tavus ``layers.tts``), kept for later use
+    voice: Mapping[str, Any] = field(default_factory=dict)
+    #: entries added to the system message when their keys come up (Character Card lorebook)
+    lorebook: Optional[Lorebook] = None
+    #: where the persona came from and what the loader noticed; not part of its identity
+    source: str = field(default="", compare=False)
+    warnings: Tuple[str, ...] = field(default=(), compare=False)
 
     def solver_config(self, solver_id: str) -> Mapping[str, Any]:
         """Return the config block for ``solver_id`` (empty if the file has none)."""
@@ -114,15 +146,56 @@ def fill_placeholders(text: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER_RE.sub(lambda match: str(values.get(match.group(1), "")), text)
 
 
+#: how alike (0-100) a key must be to the suggested one
+SUGGEST_CUTOFF = 75
+
+
+def suggest(word: str, choices: Sequence[str]) -> Optional[str]:
+    """Return the choice ``word`` was most likely meant to be, or None when nothing is close.
+
+    Known aliases first (``n_predict`` -> ``max_tokens``), then the closest spelling: with
+    rapidfuzz when installed (it comes with OVOS), else with difflib.
+    """
+    lowered = word.lower()
+    if lowered in KEY_ALIASES and KEY_ALIASES[lowered] in choices:
+        return KEY_ALIASES[lowered]
+    if not choices:
+        return None
+    try:
+        from rapidfuzz import fuzz, process
+    except ImportError:
+        close = difflib.get_close_matches(lowered, list(choices), n=1, cutoff=SUGGEST_CUTOFF / 100)
+        return close[0] if close else None
+    found = process.extractOne(lowered, list(choices), scorer=fuzz.ratio, score_cutoff=SUGGEST_CUTOFF)
+    return found[0] if found else None
+
+
 class _Checker:
-    """Collects problems for one file, each line naming the file and the field."""
+    """Collects problems and warnings for one file, each line naming the file and the field."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.problems: List[str] = []
+        self.warnings: List[str] = []
 
     def problem(self, where: str, what: str) -> None:
         self.problems.append(f"{self.source}: {where}: {what}")
+
+    def unknown_keys(self, data: Mapping[str, Any], known: Sequence[str], where: str = "",
+                     elsewhere: Optional[Mapping[str, str]] = None) -> None:
+        """Warn about keys not in ``known``; suggest the closest key, here or (``elsewhere``) in a block."""
+        for key in data:
+            if not isinstance(key, str):
+                self.warnings.append(f"{self.source}: {where or 'top level'}: ignored key {key!r}")
+                continue
+            if key in known:
+                continue
+            near = suggest(key, known)
+            other = suggest(key, list(elsewhere)) if elsewhere and not near else None
+            hint = (f" (did you mean {near!r}?)" if near else
+                    f" (did you mean '{elsewhere[other]}.{other}'?)" if other and elsewhere else "")
+            self.warnings.append(f"{self.source}: {where + '.' if where else ''}{key}: unknown key, "
+                                 f"ignored{hint}")
 
     def text(self, data: Mapping[str, Any], key: str, default: str = "") -> str:
         value = data.get(key, default)
@@ -141,7 +214,7 @@ class _Checker:
             return None
         kind = "a whole number" if integer else "a number"
         valid_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not valid_type:
+        if isinstance(value, bool) or not valid_type or not math.isfinite(value):
             self.problem(f"{where}.{key}", f"must be {kind}, not {value!r}")
             return default
         if minimum is not None and value < minimum:
@@ -213,25 +286,50 @@ def _solver_ids(check: _Checker, data: Mapping[str, Any], known: Optional[Frozen
     return tuple(ids)
 
 
+def _warn_unknown(check: _Checker, data: Mapping[str, Any], solvers: Sequence[str],
+                  known_solvers: Optional[FrozenSet[str]]) -> None:
+    blocks = {key: "generation" for key in _GENERATION_KEYS}
+    blocks.update({key: "memory" for key in _MEMORY_KEYS})
+    blocks.update({key: "thinking" for key in _THINKING_KEYS})
+    solver_keys = set(solvers) | set(known_solvers or ())
+    top = [key for key in data if not (isinstance(key, str) and key in solver_keys)]
+    check.unknown_keys({key: data[key] for key in top}, sorted(_RESERVED_KEYS), elsewhere={
+        key: block for key, block in blocks.items() if key not in _RESERVED_KEYS})
+    for key in sorted(k for k in data if isinstance(k, str) and k in solver_keys and k not in solvers):
+        check.warnings.append(f"{check.source}: {key}: settings for a solver that is not in solvers, ignored")
+    for block, keys in (("generation", _GENERATION_KEYS), ("memory", _MEMORY_KEYS),
+                        ("thinking", _THINKING_KEYS)):
+        if isinstance(data.get(block), Mapping):
+            check.unknown_keys(data[block], keys, block)
+
+
 def parse_persona(data: Any, source: str = "<persona>",
-                  known_solvers: Optional[FrozenSet[str]] = None) -> Persona:
-    """Validate a decoded persona document; raise ``PersonaError`` listing every problem."""
+                  known_solvers: Optional[FrozenSet[str]] = None,
+                  warnings: Sequence[str] = ()) -> Persona:
+    """Validate a decoded persona document; raise ``PersonaError`` listing every problem.
+
+    Unknown keys do not fail: they become ``Persona.warnings`` (after ``warnings``, those a
+    foreign-format reader already found).
+    """
     check = _Checker(source)
+    check.warnings.extend(warnings)
     if not isinstance(data, Mapping):
         raise PersonaError([f"{source}: must hold one persona as a mapping, not {type(data).__name__}"])
     name = check.text(data, "name").strip()
     if "name" not in data or (not name and not check.problems):
         check.problem("name", "is missing: every persona needs a name")
     solvers = _solver_ids(check, data, known_solvers)
-    configs: Dict[str, Mapping[str, Any]] = {
-        solver_id: check.block(data, solver_id) for solver_id in solvers
-        if solver_id in data and solver_id not in _RESERVED_KEYS}
+    blocks = {solver_id: check.block(data, solver_id) for solver_id in solvers
+              if solver_id in data and solver_id not in _RESERVED_KEYS}
+    # an empty block is no block: the persona is the same with or without "openai: {}"
+    configs: Dict[str, Mapping[str, Any]] = {solver_id: block for solver_id, block in blocks.items() if block}
     raw_lang = data.get("lang", FALLBACK_LANG)
     lang = normalize_lang(raw_lang, default="")
     if not lang:
         check.problem("lang", f"is not a language tag: {raw_lang!r}")
     memory_block = check.block(data, "memory")
     thinking_block = check.block(data, "thinking")
+    lorebook_block = check.block(data, "lorebook")
     persona = Persona(
         name=name,
         solvers=solvers,
@@ -254,71 +352,100 @@ def parse_persona(data: Any, source: str = "<persona>",
         ),
         answer_instruction=check.text(data, "answer_instruction").strip(),
         tags=tuple(tag.strip() for tag in check.strings(data.get("tags"), "tags") if tag.strip()),
+        greetings=tuple(line for line in check.strings(data.get("greetings"), "greetings") if line.strip()),
+        post_history_instructions=check.text(data, "post_history_instructions").strip(),
+        voice=dict(check.block(data, "voice")),
+        lorebook=(parse_lorebook(lorebook_block, check.problem, lambda line: check.warnings.append(f"{source}: {line}"))
+                  if lorebook_block else None),
         source=source,
     )
     if check.problems:
         raise PersonaError(check.problems)
-    return persona
+    _warn_unknown(check, data, solvers, known_solvers)
+    return replace(persona, warnings=tuple(check.warnings))
 
 
 def read_persona_file(path: Path) -> Any:
-    """Decode a JSON or YAML persona file; raise ``PersonaError`` with the parser's complaint."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise PersonaError([f"{path}: cannot be read: {err}"]) from err
-    try:
-        if path.suffix.lower() == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
-    except json.JSONDecodeError as err:
-        raise PersonaError([f"{path}: is not valid JSON: {err.msg} at line {err.lineno} "
-                            f"column {err.colno}"]) from err
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" at line {where.line + 1} column {where.column + 1}" if where else ""
-        reason = getattr(err, "problem", None) or str(err)
-        raise PersonaError([f"{path}: is not valid YAML: {reason}{at}"]) from err
+    """Decode a persona file (JSON, YAML or a PNG card's JSON); raise ``PersonaError`` saying why."""
+    from .formats.detect import decode, read_bytes
 
-
-def load_persona_file(path: Path, known_solvers: Optional[FrozenSet[str]] = None) -> Persona:
-    """Load and validate one persona file."""
     path = Path(path)
-    return parse_persona(read_persona_file(path), str(path), known_solvers)
+    return decode(read_bytes(path), path)
+
+
+def load_persona_file(path: Path, known_solvers: Optional[FrozenSet[str]] = None,
+                      default_solvers: Sequence[str] = DEFAULT_SOLVERS) -> Persona:
+    """Load and validate one persona file of any readable format (picked by content)."""
+    from .formats.detect import read_persona
+
+    return read_persona(Path(path), known_solvers, default_solvers)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a sub-folder we may not enter: not a persona folder
+        return False
 
 
 def persona_files(paths: Iterable[Path]) -> List[Path]:
-    """Expand files and folders into the persona files they hold, sorted per folder."""
+    """Expand files and folders into the persona files they hold, sorted per folder.
+
+    A folder's own ``.json``/``.yaml``/``.yml``/``.png`` files count, and so does the
+    ``config.yaml`` of each sub-folder (the layout of a LoLLMs personality).
+    """
     found: List[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir()
-                                if p.suffix.lower() in PERSONA_SUFFIXES and p.is_file()))
+            try:
+                entries = sorted(path.iterdir())
+            except OSError:
+                found.append(path)  # reported as unreadable by the loader
+                continue
+            found.extend(p for p in entries if p.suffix.lower() in PERSONA_SUFFIXES and _is_file(p))
+            found.extend(p / LOLLMS_CONFIG for p in entries if _is_file(p / LOLLMS_CONFIG))
         else:
             found.append(path)
     return found
 
 
 def load_personas(paths: Iterable[Path], known_solvers: Optional[FrozenSet[str]] = None,
-                  on_problem: Optional[Callable[[str], None]] = None) -> Tuple[Dict[str, Persona], List[str]]:
+                  on_problem: Optional[Callable[[str], None]] = None, *,
+                  default_solvers: Sequence[str] = DEFAULT_SOLVERS,
+                  on_warning: Optional[Callable[[str], None]] = None,
+                  plugin_personas: bool = False) -> Tuple[Dict[str, Persona], List[str]]:
     """Load every good persona from files and folders; report, never raise, for the bad ones.
 
     Returns the personas by name (a later file with the same name replaces an earlier one, so
-    user folders listed after the shipped one override it) and the problem lines.
+    user folders listed after the shipped one override it) and the problem lines. With
+    ``plugin_personas``, personas that installed packages publish (``opm.persona``) come first.
+    Each persona's warnings (ignored keys, skipped solvers) go to ``on_warning`` once.
     """
     personas: Dict[str, Persona] = {}
     problems: List[str] = []
-    for path in persona_files(paths):
-        if not path.exists():
-            lines = [f"{path}: does not exist"]
+    loaded: List[Any] = []
+    if plugin_personas:
+        from .formats.ovos import entry_point_personas
+
+        loaded.extend(entry_point_personas(known_solvers, default_solvers))
+    loaded.extend(persona_files(paths))
+    for item in loaded:
+        lines: List[str] = []
+        if isinstance(item, (Persona, PersonaError)):
+            persona_or_error: Any = item
+        elif not item.exists():
+            persona_or_error = PersonaError([f"{item}: does not exist"])
         else:
             try:
-                persona = load_persona_file(path, known_solvers)
+                persona_or_error = load_persona_file(item, known_solvers, default_solvers)
             except PersonaError as err:
-                lines = err.problems
-            else:
-                personas[persona.name] = persona
-                continue
+                persona_or_error = err
+        if isinstance(persona_or_error, Persona):
+            personas[persona_or_error.name] = persona_or_error
+            for line in persona_or_error.warnings if on_warning else ():
+                on_warning(line)
+            continue
+        lines = persona_or_error.problems
         problems.extend(lines)
         if on_problem:
             for line in lines:

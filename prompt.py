@@ -1,9 +1,12 @@
 """Builds the chat sent to solvers: one system message, the remembered turns, the new question.
 
-The system message is system_prompt, then context, then the conversation's injected context,
-blank-line separated with empty parts skipped. It must stay byte-identical between the turns of a
-conversation so a local model reuses its cache, so ``{date}`` and ``{time}`` are those of the
-conversation's first remembered turn, not of each question.
+The system message is system_prompt, then context, then the lorebook entries the recent messages
+activate, then the conversation's injected context, blank-line separated with empty parts
+skipped. A persona's ``post_history_instructions`` follow the remembered turns as a second system
+message, just before the new question. The system message must stay byte-identical between the
+turns of a conversation (while no lorebook entry comes or goes) so a local model reuses its
+cache, so ``{date}`` and ``{time}`` are those of the conversation's first remembered turn, not of
+each question.
 """
 from __future__ import annotations
 
@@ -12,9 +15,14 @@ from datetime import datetime
 from typing import List, Optional, Sequence
 
 from .languages import lang_name
+from .lorebook import active_entries
 from .memory import Turn
 from .persona import Persona, fill_placeholders
 from .solvers.base import ChatMessage, Role
+
+
+#: what ``{user}`` becomes when the speaker's name is unknown (the label completions prompts use too)
+DEFAULT_USER_NAME = "User"
 
 
 @dataclass(frozen=True)
@@ -30,18 +38,21 @@ def placeholder_values(persona: Persona, speaker: Speaker, lang: str, started_at
     moment = datetime.fromtimestamp(started_at)
     return {
         "name": persona.name,
-        "user": speaker.name,
+        "user": speaker.name or DEFAULT_USER_NAME,
         "location": speaker.location,
         "date": moment.strftime("%Y-%m-%d"),
         "time": moment.strftime("%H:%M"),
         "lang": lang,
+        "description": persona.description,
+        "desc": persona.description,
     }
 
 
-def system_text(persona: Persona, injected_context: str, values: dict) -> str:
+def system_text(persona: Persona, injected_context: str, values: dict, lore: Sequence[str] = ()) -> str:
     """Return the system message text (placeholders filled; injected context verbatim)."""
     parts = [fill_placeholders(persona.system_prompt, values).strip(),
              fill_placeholders(persona.context, values).strip(),
+             *(fill_placeholders(entry, values).strip() for entry in lore),
              injected_context.strip()]
     return "\n\n".join(part for part in parts if part)
 
@@ -53,13 +64,18 @@ def build_messages(persona: Persona, history: Sequence[Turn], question: str, *,
     started_at = history[0].created_at if history else now
     values = placeholder_values(persona, speaker or Speaker(), lang or persona.lang, started_at)
     messages: List[ChatMessage] = []
-    system = system_text(persona, injected_context, values)
+    lore = active_entries(persona.lorebook, [text for turn in history for text in (turn.question, turn.answer)
+                                             if text] + [question]) if persona.lorebook else []
+    system = system_text(persona, injected_context, values, lore)
     if system:
         messages.append(ChatMessage(Role.SYSTEM, system))
     for turn in history:
         messages.append(ChatMessage(Role.USER, turn.question))
         if turn.answer:
             messages.append(ChatMessage(Role.ASSISTANT, turn.answer))
+    after = fill_placeholders(persona.post_history_instructions, values).strip()
+    if after:
+        messages.append(ChatMessage(Role.SYSTEM, after))
     messages.append(ChatMessage(Role.USER, question))
     return messages
 

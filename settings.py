@@ -5,10 +5,15 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from .formats.common import chain_entries
+from .persona import DEFAULT_SOLVERS
+
 DEFAULT_SETTINGS: Dict[str, Any] = {
     "enabled": True,
     "default_persona": "Ava",
     "persona_dirs": [],
+    # the chain of personas whose file names no backend (Character Cards, LoLLMs)
+    "default_solvers": list(DEFAULT_SOLVERS),
     "priority": 90,
     "thinking_delay": 2.0,
     "max_turns": 12,
@@ -51,11 +56,29 @@ def _folder_list(value: Any) -> Any:
     return [part.strip() for line in text.splitlines() for part in line.split(",") if part.strip()]
 
 
+def _json_list(value: Any) -> Any:
+    """A settings UI's text field holding a JSON list: the list it holds."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _number(low: float, high: float, integer: bool = False) -> _Rule:
     kind = int if integer else (int, float)
     word = "a whole number" if integer else "a number"
     return _Rule(lambda v: isinstance(v, kind) and not isinstance(v, bool) and low <= v <= high,
                  f"{word} from {low:g} to {high:g}", _whole if integer else None)
+
+
+def _solver_chain(value: Any) -> bool:
+    try:
+        chain_entries(value)
+    except ValueError:
+        return False
+    return isinstance(value, list)
 
 
 _RULES: Dict[str, _Rule] = {
@@ -64,6 +87,8 @@ _RULES: Dict[str, _Rule] = {
     "persona_dirs": _Rule(lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
                           "a list of folder paths (or text: one per line, or comma separated)",
                           _folder_list),
+    "default_solvers": _Rule(_solver_chain, "a non-empty list of solver ids or {id: config} mappings",
+                             _json_list),
     "priority": _number(0, 100, integer=True),
     "thinking_delay": _number(0, 60),
     "max_turns": _number(0, 1000, integer=True),

@@ -23,7 +23,7 @@ def test_wheel_holds_the_whole_skill(tmp_path):
     [wheel] = (tmp_path / "wheel").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     sources = {path.relative_to(ROOT).as_posix() for path in ROOT.glob("*.py") if path.name != "setup.py"}
-    sources |= {path.relative_to(ROOT).as_posix() for path in (ROOT / "solvers").glob("*.py")}
+    sources |= {path.relative_to(ROOT).as_posix() for sub in ("solvers", "formats") for path in (ROOT / sub).glob("*.py")}
     data = {path.relative_to(ROOT).as_posix() for folder in ("locale", "personas")
             for path in (ROOT / folder).rglob("*") if path.is_file()} | {"settingsmeta.yaml"}
     missing = {f"{PACKAGE}/{name}" for name in sources | data} - names

@@ -56,6 +56,16 @@ def test_ovos_persona_file_with_handlers_loads_unchanged(tmp_path):
     assert persona.solver_config("ovos-solver-failure-plugin") == {"x": 1}
 
 
+def test_ovos_persona_file_with_handlers_loads(tmp_path):
+    # an installed plugin keeps its id and block; the failure plugin, not installed, becomes the built-in
+    path = write(tmp_path, "old.json", json.dumps({
+        "name": "Old Friend", "handlers": ["ovos-solver-wikipedia-plugin", "ovos-solver-failure-plugin"],
+        "ovos-solver-wikipedia-plugin": {"x": 1}}))
+    persona = load_persona_file(path, KNOWN | {"ovos-solver-wikipedia-plugin"})
+    assert persona.solvers == ("ovos-solver-wikipedia-plugin", "failure")
+    assert persona.solver_config("ovos-solver-wikipedia-plugin") == {"x": 1}
+
+
 def test_defaults_when_optional_fields_are_missing(tmp_path):
     persona = load_persona_file(write(tmp_path, "p.json", '{"name": "P", "solvers": ["failure"]}'), KNOWN)
     assert persona == Persona(name="P", solvers=("failure",), source=str(tmp_path / "p.json"))
@@ -85,6 +95,8 @@ BROKEN = [
      ["generation.top_p: must be at most 1, not 1.5", "generation.max_tokens: must be a whole number, not 2.5"]),
     ("boolnum.yaml", "name: A\nsolvers: [failure]\ngeneration: {top_k: true}\n",
      ["generation.top_k: must be a whole number, not True"]),
+    ("inf.yaml", "name: A\nsolvers: [failure]\ngeneration: {repeat_penalty: .inf, temperature: .nan}\n",
+     ["generation.temperature: must be a number, not nan", "generation.repeat_penalty: must be a number, not inf"]),
     ("stop.yaml", "name: A\nsolvers: [failure]\ngeneration: {stop: [1]}\n",
      ["generation.stop: must be a list of text lines"]),
     ("memory.yaml", "name: A\nsolvers: [failure]\nmemory: {max_turns: -2}\n",

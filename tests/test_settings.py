@@ -50,6 +50,9 @@ BAD = [
     ("max_utterance_chars", 1),
     ("db_path", 3),
     ("default_lang", ""),
+    ("default_solvers", "chitchat"),       # not a list
+    ("default_solvers", []),               # empty chain
+    ("default_solvers", [{"openai": 1}]),  # config is not a mapping
 ]
 
 
@@ -82,3 +85,7 @@ def test_good_values_are_taken_and_unknown_keys_ignored():
 def test_values_from_settings_uis_are_converted(key, value, expected):
     effective, problems = validate_settings({key: value}, DEFAULT_SETTINGS)
     assert problems == [] and effective[key] == expected
+def test_default_solvers_take_ids_and_id_config_mappings():
+    chain = [{"openai": {"api_url": "http://127.0.0.1:8080/v1"}}, "failure"]
+    effective, problems = validate_settings({"default_solvers": chain}, DEFAULT_SETTINGS)
+    assert problems == [] and effective["default_solvers"] == chain

@@ -4,6 +4,8 @@ from __future__ import annotations
 import inspect
 import json
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -95,9 +97,6 @@ def test_our_skill_loads_offline() -> None:
 
 
 def _run_cli(*args: str, timeout: float = 240) -> "subprocess.CompletedProcess[str]":
-    import subprocess
-    import sys
-
     return subprocess.run([sys.executable, "-m", "ovos_skill_persona_fallback.cli", *args],
                           capture_output=True, text=True, timeout=timeout)
 

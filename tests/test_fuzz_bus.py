@@ -43,7 +43,7 @@ from ovos_utils.fakebus import FakeBus
 from conftest import ScriptedSolver, SolverBox, make_persona
 from ovos_skill_persona_fallback import SKILL_ID, PersonaFallbackSkill
 from ovos_skill_persona_fallback.engine import PersonaEngine
-from ovos_skill_persona_fallback.languages import dialog_lines, normalize_lang, ovos_lang
+from ovos_skill_persona_fallback.languages import dialog_lines, ovos_lang
 from ovos_skill_persona_fallback.memory import ConversationMemory
 from ovos_skill_persona_fallback.solvers.base import ChatMessage, Role
 

@@ -52,18 +52,61 @@ class Role(str, Enum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call a model asked for: the call's id, the tool's name, the arguments as JSON text."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+    def as_dict(self) -> dict:
+        """Return the OpenAI ``tool_calls`` entry."""
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
 
 @dataclass(frozen=True)
 class ChatMessage:
-    """One immutable chat message."""
+    """One immutable chat message; tool exchanges carry ``tool_calls`` or ``tool_call_id``."""
 
     role: Role
     content: str
+    tool_calls: Tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
     def as_dict(self) -> dict:
-        """Return the OpenAI-style ``{"role", "content"}`` dict."""
-        return {"role": self.role.value, "content": self.content}
+        """Return the OpenAI-style ``{"role", "content"}`` dict (with the tool fields when set)."""
+        out: dict = {"role": self.role.value, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [call.as_dict() for call in self.tool_calls]
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+@dataclass(frozen=True)
+class ToolDefinition:
+    """A tool as a model sees it: name, description and a JSON-schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+    def as_openai(self) -> dict:
+        """Return the OpenAI ``tools`` entry."""
+        return {"type": "function", "function": {"name": self.name, "description": self.description,
+                                                 "parameters": dict(self.parameters)}}
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """What a model answered when offered tools: text, or the calls it wants run (or both)."""
+
+    text: str = ""
+    calls: Tuple[ToolCall, ...] = ()
 
 
 def last_user_text(messages: Sequence[ChatMessage]) -> str:
@@ -174,6 +217,8 @@ class Solver(ABC):
     supports_history: bool = True
     #: base language tags the solver answers in; None means whatever the persona declares
     supported_langs: Optional[FrozenSet[str]] = None
+    #: True when ``plan`` can offer tools to the model
+    supports_tools: bool = False
 
     def __init__(self, config: Mapping[str, Any], context: SolverContext) -> None:
         self.config = dict(config)
@@ -187,6 +232,14 @@ class Solver(ABC):
         Must check ``cancel`` between chunks and stop generating (not only stop yielding) once
         it is set. ``conversation_id`` identifies the conversation for backends that keep state.
         """
+
+    def plan(self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition], *, lang: str,
+             cancel: CancelToken, conversation_id: str = "") -> ToolPlan:
+        """Ask the model with ``tools`` offered; return its text or the tool calls it wants.
+
+        Only solvers with ``supports_tools`` implement it; the tool loop calls nothing else.
+        """
+        raise SolverConfigError(f"{self.solver_id} cannot call tools")
 
     def forget(self, conversation_id: str) -> None:
         """Drop any per-conversation state (caches) the solver keeps; default: nothing."""

@@ -192,6 +192,12 @@ class HTTPTransport:
         self._lock = threading.Lock()
         self._working_url: Optional[str] = None
 
+    @property
+    def working_url(self) -> Optional[str]:
+        """The endpoint that answered last (None until one did)."""
+        with self._lock:
+            return self._working_url
+
     def close(self) -> None:
         """Close the HTTP session."""
         self.session.close()

@@ -5,7 +5,9 @@ Config block (every key but ``api_url`` optional)::
 
     api_url           base URL, e.g. http://host:8080/v1 or http://host:8337 (required, http/https)
     key               API key, sent as ``Authorization: Bearer <key>``; never logged or shown
-    model             model name, sent when given
+    model             model name; when not given, the first id of ``GET <api_url>/models`` (asked
+                      once), else "default": some servers (ovos-persona-server 0.5) reject a request
+                      without one
     timeout           seconds: a number (connect and read) or {"connect": 5, "read": 30}; the read
                       timeout is the longest silence allowed, before the first byte and between bytes
     headers           extra HTTP headers (dict)
@@ -32,7 +34,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import requests
@@ -50,8 +52,8 @@ from .base import (
     SolverResponseError,
     SolverUnavailable,
 )
-from .http_transport import CHAT_SUFFIX, Call, HTTPTransport, Redactor, candidate_urls, retry
-from .sse import choice_text, iter_lines, iter_sse_events, parse_event_data
+from .http_transport import CHAT_SUFFIX, Call, HTTPTransport, Redactor, Retry, candidate_urls, retry
+from .sse import choice_text, first_model_id, iter_lines, iter_sse_events, parse_event_data, tool_call_names
 
 __all__ = ["OpenAISolver", "candidate_urls", "iter_lines", "iter_sse_events", "render_prompt"]
 
@@ -63,6 +65,8 @@ DEFAULT_BACKOFF = 0.5
 DEFAULT_MODE = "chat"
 DEFAULT_STREAM = True
 DEFAULT_PROMPT_KEY = "prompt"
+#: the model name sent when none is configured and the server lists none (some servers require one)
+PLACEHOLDER_MODEL = "default"
 #: placeholders: {system} system messages, {history} earlier turns as "User: ...\n"/"Assistant: ...\n"
 #: lines, {question} the last user message, {persona} the persona name, {lang} the answer language
 DEFAULT_PROMPT_TEMPLATE = "{system}\n\n{history}User: {question}\nAssistant:"
@@ -71,6 +75,10 @@ COMPLETIONS_STOP = "\nUser:"
 
 MODES = ("chat", "completions")
 COMPLETIONS_SUFFIX = "completions"
+MODELS_SUFFIX = "models"
+#: tool names quoted in logs and errors at most, each cut to this many characters
+MAX_TOOL_NAMES = 5
+MAX_TOOL_NAME_CHARS = 64
 #: sampling keys that llama.cpp/Ollama-style servers accept but strict OpenAI servers reject
 NONSTANDARD_SAMPLING = ("top_k", "repeat_penalty")
 
@@ -188,6 +196,10 @@ class OpenAISolver(Solver):
             connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
             retries=self.retries, backoff=self.backoff, redact=self._redact)
         self._lock = threading.Lock()
+        # the model a server listed (or the placeholder once it answered without one); asked once
+        self._model_lock = threading.Lock()
+        self._found_model: Optional[str] = None
+        self._warned_tools = False
         # learnt from 400 replies: the server cannot stream / rejects llama.cpp-style sampling keys
         self._no_stream = False
         self._plain_sampling = False
@@ -202,6 +214,7 @@ class OpenAISolver(Solver):
         unregister = cancel.on_cancel(call.interrupt)
         try:
             headers = self._build_headers(conversation_id)
+            self._discover_model(headers, cancel, call)
             yield from self._http.with_retries(
                 lambda: self._attempt(messages, lang, conversation_id, headers, cancel, call), cancel)
         except SolverError as err:
@@ -247,6 +260,8 @@ class OpenAISolver(Solver):
         body.update(self.extra_body)
         if self.model:
             body["model"] = self.model
+        elif "model" not in body:
+            body["model"] = self._found_model or PLACEHOLDER_MODEL
         if self.mode == "chat":
             body["messages"] = [message.as_dict() for message in messages]
         else:
@@ -265,6 +280,43 @@ class OpenAISolver(Solver):
         if conversation_id and conversation_id.isascii() and conversation_id.isprintable():
             headers["X-Conversation-Id"] = conversation_id
         return headers
+
+    # -- the model name
+
+    def _discover_model(self, headers: Mapping[str, str], cancel: CancelToken, call: Call) -> None:
+        """With no model configured, ask ``<api_url>/models`` once and remember the first id.
+
+        A server that answers without a usable list gets the placeholder for good; an unreachable
+        one gets it for this request only, and is asked again next time.
+        """
+        if self.model or "model" in self.extra_body:
+            return
+        with self._model_lock:
+            if self._found_model is not None:
+                return
+            listed = None
+            # <api_url>/models first, then under the server root's known prefixes, like the chat path
+            for url in candidate_urls(self.api_url, MODELS_SUFFIX):
+                try:
+                    response = self._http.request("GET", url, None, headers, cancel, call)
+                    try:
+                        if response.status_code == 404:
+                            continue
+                        listed = first_model_id(self._http.read_json(response, cancel)) if response.ok else None
+                    finally:
+                        response.close()
+                except SolverCancelled:
+                    raise
+                except (Retry, SolverError) as err:
+                    cancel.raise_if_cancelled()
+                    if isinstance(err, (Retry, SolverUnavailable)):  # unreachable or slow: ask again next time
+                        LOG.debug("model list at %s unreachable: %s", self._redact(url), self._redact(str(err)))
+                        return
+                    # it answered, just not with a list we can read
+                break
+            self._found_model = listed or PLACEHOLDER_MODEL
+            LOG.info("%s: sending model %r (%s)", self._redact(self.api_url), self._found_model,
+                     "first one listed" if listed else "placeholder: the server lists none")
 
     # -- one attempt
 
@@ -319,15 +371,39 @@ class OpenAISolver(Solver):
     # -- reading replies
 
     def _read(self, response: requests.Response, *, streaming: bool, cancel: CancelToken) -> Iterator[str]:
+        tools: List[str] = []
+        produced = False
+        for text in self._read_body(response, streaming, cancel, tools):
+            produced = True
+            yield text
+        if tools and not produced:
+            raise self._tool_calls_only(tools)
+
+    def _tool_calls_only(self, tools: List[str]) -> SolverResponseError:
+        """The error for a reply made only of tool calls, warned about once per solver."""
+        unique = list(dict.fromkeys(name[:MAX_TOOL_NAME_CHARS] for name in tools))
+        names = self._redact(", ".join(unique[:MAX_TOOL_NAMES]) + (", ..." if len(unique) > MAX_TOOL_NAMES else ""))
+        where = self._redact(self.api_url)
+        with self._lock:
+            warn, self._warned_tools = not self._warned_tools, True
+        if warn:  # a server set up with tools does it on every request: once says it all
+            LOG.warning("%s answered with only tool calls (%s) and no text; this solver runs no tools, "
+                        "so the next solver answers", where, names)
+        return SolverResponseError(f"{where} answered with only tool calls ({names}) and no text")
+
+    def _read_body(self, response: requests.Response, streaming: bool, cancel: CancelToken,
+                   tools: List[str]) -> Iterator[str]:
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type == "text/event-stream" or (streaming and not content_type.endswith("json")):
-            yield from self._read_sse(response, cancel)
+            yield from self._read_sse(response, cancel, tools)
         else:  # a server that cannot stream answers a streaming request with one JSON reply
-            text = choice_text(self._http.read_json(response, cancel))
+            payload = self._http.read_json(response, cancel)
+            text = choice_text(payload)
+            tools.extend(tool_call_names(payload))
             if text:
                 yield text
 
-    def _read_sse(self, response: requests.Response, cancel: CancelToken) -> Iterator[str]:
+    def _read_sse(self, response: requests.Response, cancel: CancelToken, tools: List[str]) -> Iterator[str]:
         for data in iter_sse_events(iter_lines(self._http.chunks(response, cancel))):
             cancel.raise_if_cancelled()
             if data.strip() == "[DONE]":
@@ -336,6 +412,7 @@ class OpenAISolver(Solver):
                 continue
             for event in parse_event_data(data):
                 text = choice_text(event)
+                tools.extend(tool_call_names(event))
                 if text:
                     cancel.raise_if_cancelled()
                     yield text

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterable, Iterator, List
+from typing import Any, Iterable, Iterator, List, Mapping, Optional
 
 from .base import SolverResponseError
 
@@ -97,7 +97,8 @@ def choice_text(payload: Any) -> str:
     """Return the text of ``choices[0]`` of a chat or completions chunk or reply ('' if none).
 
     Reads ``delta.content`` (chat stream), ``message.content`` (chat reply) or ``text``
-    (completions); raises ``SolverResponseError`` for an ``error`` object or a non-object payload.
+    (completions), and with no ``choices`` the ``results[0].text`` of text-generation-webui's
+    legacy ``/api/v1/generate`` reply; raises ``SolverResponseError`` for an ``error`` object or a non-object payload.
     """
     if not isinstance(payload, dict):
         raise SolverResponseError(f"unexpected JSON from server: {str(payload)[:ERROR_SNIPPET_CHARS]!r}")
@@ -105,7 +106,7 @@ def choice_text(payload: Any) -> str:
         raise SolverResponseError(f"server reported an error: {error_text(payload)}")
     choices = payload.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return ""
+        return _legacy_results_text(payload)
     choice = choices[0]
     part = choice.get("delta") or choice.get("message")
     content = part.get("content") if isinstance(part, dict) else None
@@ -126,3 +127,51 @@ def error_text(payload: Any) -> str:
         if isinstance(value, str) and value:
             return value
     return ""
+
+
+def _legacy_results_text(payload: Mapping[str, Any]) -> str:
+    results = payload.get("results")
+    if isinstance(results, list) and results and isinstance(results[0], dict):
+        text = results[0].get("text")
+        return text if isinstance(text, str) else ""
+    return ""
+
+
+def tool_call_names(payload: Any) -> List[str]:
+    """Return the function names of ``tool_calls`` (or a legacy ``function_call``) in ``choices[0]``.
+
+    Streamed calls name the function in their first delta only; later deltas carry arguments
+    and add nothing here. Arguments are never returned: they may hold the user's data.
+    """
+    if not isinstance(payload, dict):
+        return []
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return []
+    part = choices[0].get("delta") or choices[0].get("message")
+    if not isinstance(part, dict):
+        return []
+    calls = part.get("tool_calls")
+    functions = [call.get("function") for call in calls if isinstance(call, dict)] if isinstance(calls, list) else []
+    functions.append(part.get("function_call"))
+    names = [function.get("name") for function in functions if isinstance(function, dict)]
+    return [name for name in names if isinstance(name, str) and name]
+
+
+def first_model_id(payload: Any) -> Optional[str]:
+    """Return the first model id of a ``/models`` list (OpenAI ``data[].id``, Ollama ``models[].name``)."""
+    if isinstance(payload, dict):
+        entries = payload.get("data")
+        if not isinstance(entries, list):
+            entries = payload.get("models")
+    else:
+        entries = payload
+    if not isinstance(entries, list):
+        return None
+    for entry in entries:
+        if isinstance(entry, dict):
+            for key in ("id", "name", "model"):
+                value = entry.get(key)
+                if isinstance(value, str) and value.strip():
+                    return value.strip()
+    return None

@@ -3,7 +3,7 @@ from setuptools import setup
 
 PACKAGE = "ovos_skill_persona_fallback"
 SKILL_ID = "ovos-skill-persona-fallback.openpersona"
-SUB_PACKAGES = ["solvers"]
+SUB_PACKAGES = ["solvers", "models"]
 # "personas/examples" is data, not a package: package_data below carries it
 
 setup(
@@ -30,7 +30,9 @@ setup(
         "rivescript>=1.15,<2",
     ],
     extras_require={
-        "llama": ["llama-cpp-python>=0.3.16,<0.4"],
+        "llama": ["llama-cpp-python>=0.3.16,<0.4", "huggingface_hub>=2.0,<3"],
+        # hf: model references (download into huggingface_hub's cache) and "persona-fallback models"
+        "models": ["huggingface_hub>=2.0,<3"],
         "demo": ["ovos-messagebus>=0.0.10,<0.1"],
         # the anchors the benchmarks compare against, pinned to the versions measured
         "bench": ["ovos-persona==0.7.1", "ovos-openai-plugin==2.0.6"],
@@ -40,6 +42,7 @@ setup(
             "pytest-timeout>=2.3,<3",
             "hypothesis>=6.100,<7",
             "gguf>=0.17,<0.20",
+            "huggingface_hub>=2.0,<3",
             "ovos-messagebus>=0.0.10,<0.1",
             "ovoscope>=0.13,<0.14",
             "ovos-solver-failure-plugin>=0.0.3,<0.1",

@@ -1,0 +1,225 @@
+"""hf: model references: the real huggingface_hub client against a loopback Hub (tests/hub_server.py)
+serving a tiny GGUF generated here. HF_HOME and HF_ENDPOINT point into the test, always."""
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ovos_skill_persona_fallback.models import (ChecksumMismatch, DiskFull, ModelDownloadError, ModelNotReady,
+                                                ModelRefError, NotAModelFile, ensure_model, resolve_model)
+from ovos_skill_persona_fallback.models.hub import DISK_MARGIN_BYTES
+from ovos_skill_persona_fallback.solvers.base import SolverConfigError, SolverUnavailable
+
+from hub_server import COMMIT, FakeHub, HubFile, HubRepo
+from tiny_gguf import write_tiny_gguf
+
+REPO = "tester/Tiny-GGUF"
+FILE = "tiny-Q8_0.gguf"
+REF = f"hf:{REPO}/{FILE}"
+TOKEN = "hf_SECRETtoken_0123456789"
+
+
+@pytest.fixture(scope="module")
+def gguf_bytes(tmp_path_factory):
+    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf").read_bytes()
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch, gguf_bytes):
+    """A loopback Hub with one repo, HF_HOME in the test's tmp dir, no token."""
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_CACHE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with FakeHub() as server:
+        server.repos[REPO] = HubRepo({FILE: HubFile(gguf_bytes), "README.md": HubFile(b"# tiny\n")})
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server
+
+
+def cache_files(tmp_path):
+    root = tmp_path / "hf" / "hub"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".locks" not in p.parts
+                  and p.name != "CACHEDIR.TAG") if root.exists() else []
+
+
+# ------------------------------------------------------------------ pull and cache
+
+def test_pull_downloads_into_the_hf_cache_and_reports_progress(hub, tmp_path, gguf_bytes):
+    seen = []
+    path = ensure_model(REF, progress=lambda done, total: seen.append((done, total)))
+    assert path == tmp_path / "hf" / "hub" / "models--tester--Tiny-GGUF" / "snapshots" / COMMIT / FILE
+    assert path.read_bytes() == gguf_bytes
+    assert seen[-1] == (len(gguf_bytes), len(gguf_bytes))
+    assert [r.method for r in hub.file_requests()].count("GET") == 1
+    assert all(r.path == f"/{REPO}/resolve/main/{FILE}" for r in hub.file_requests())
+    assert not [p for p in cache_files(tmp_path) if "incomplete" in p]
+
+
+def test_cached_model_is_found_with_no_request(hub):
+    with pytest.raises(ModelNotReady) as not_yet:
+        resolve_model(REF)
+    assert isinstance(not_yet.value, SolverUnavailable) and REF in str(not_yet.value)
+    path = ensure_model(REF)
+    hub.requests.clear()
+    assert resolve_model(REF) == path
+    assert ensure_model(REF) == path
+    assert hub.requests == []
+
+
+def test_quantization_shorthand_picks_the_one_matching_file(hub, gguf_bytes):
+    hub.repos["tester/Multi-GGUF"] = HubRepo({
+        "multi-Q4_K_M.gguf": HubFile(gguf_bytes), "multi-Q8_0.gguf": HubFile(gguf_bytes + b"\0"),
+        "mmproj-multi-Q8_0.gguf": HubFile(b"GGUF projector"), "README.md": HubFile(b"hi")})
+    path = ensure_model("hf:tester/Multi-GGUF:q8_0")
+    assert path.name == "multi-Q8_0.gguf" and path.read_bytes() == gguf_bytes + b"\0"
+    listings = [r for r in hub.requests if r.path.startswith("/api/models/")]
+    assert [r.path for r in listings] == ["/api/models/tester/Multi-GGUF"]
+    hub.requests.clear()
+    assert resolve_model("hf:tester/Multi-GGUF:Q8_0") == path  # offline, from the cached snapshot
+    assert hub.requests == []
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("hf:tester/Multi-GGUF:Q5_K_M", "has no Q5_K_M GGUF file; quantizations there: Q4_K_M, Q8_0"),
+    ("hf:tester/Multi-GGUF", "several files match, name one (hf:OWNER/REPO/FILE.gguf or hf:OWNER/REPO:QUANT): "
+                             "multi-Q4_K_M.gguf, multi-Q8_0.gguf"),
+])
+def test_no_or_several_matching_files_is_a_config_error(hub, gguf_bytes, ref, message):
+    hub.repos["tester/Multi-GGUF"] = HubRepo({"multi-Q4_K_M.gguf": HubFile(gguf_bytes),
+                                              "multi-Q8_0.gguf": HubFile(gguf_bytes)})
+    with pytest.raises(ModelRefError) as err:
+        ensure_model(ref)
+    assert isinstance(err.value, SolverConfigError) and message in str(err.value) and ref in str(err.value)
+
+
+@pytest.mark.parametrize("ref", ["hf:", "hf:owner", "hf:owner/repo/model.bin", "hf:owner/repo/../x.gguf",
+                                 "hf:owner/repo:Q4 K", "hf:owner/repo@..", "hf:own er/repo"])
+def test_malformed_references_are_config_errors_without_a_request(hub, ref):
+    with pytest.raises(ModelRefError) as err:
+        ensure_model(ref)
+    assert isinstance(err.value, SolverConfigError) and err.value.ref == ref
+    assert hub.requests == []
+
+
+# ------------------------------------------------------------------ faults
+
+def test_dropped_connection_resumes_with_a_range_request(hub, gguf_bytes, monkeypatch):
+    import huggingface_hub.constants
+    # the client writes in 10 MB chunks: a test file of 0.4 MB needs smaller ones for a partial write
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 1024)
+    hub.repos[REPO].files[FILE].drop_after = 5 * 1024  # whole chunks: all of them reach the file before the cut
+    path = ensure_model(REF)
+    assert path.read_bytes() == gguf_bytes
+    gets = hub.file_requests("GET")
+    assert len(gets) == 2 and "range" not in gets[0].headers
+    assert gets[1].headers["range"] == "bytes=5120-"
+
+
+def test_checksum_mismatch_deletes_the_download(hub, tmp_path):
+    hub.repos[REPO].files[FILE].corrupt = True
+    with pytest.raises(ChecksumMismatch) as err:
+        ensure_model(REF)
+    assert isinstance(err.value, SolverUnavailable) and REF in str(err.value) and "sha256" in str(err.value)
+    assert not [p for p in cache_files(tmp_path) if p.endswith(".gguf") or "/blobs/" in p]
+    with pytest.raises(ModelNotReady):
+        resolve_model(REF)
+
+
+def test_a_file_that_is_not_gguf_is_refused_and_deleted(hub, tmp_path):
+    hub.repos[REPO].files["fake.gguf"] = HubFile(b"<html>this is not a model</html>" * 4)
+    with pytest.raises(NotAModelFile) as err:
+        ensure_model(f"hf:{REPO}/fake.gguf")
+    assert "not a GGUF file" in str(err.value)
+    assert not [p for p in cache_files(tmp_path) if "/blobs/" in p or p.endswith(".gguf")]
+
+
+def test_private_repo_needs_the_token_and_the_token_is_never_shown(hub, monkeypatch, gguf_bytes):
+    hub.repos[REPO].token = TOKEN
+    with pytest.raises(ModelDownloadError) as err:
+        ensure_model(REF)
+    assert "HTTP 401" in str(err.value) and REF in str(err.value) and "HF_TOKEN" in str(err.value)
+    monkeypatch.setenv("HF_TOKEN", "hf_WRONGtoken_9876543210")
+    with pytest.raises(ModelDownloadError) as err:
+        ensure_model(REF)
+    assert "hf_WRONGtoken" not in str(err.value) and "HTTP 401" in str(err.value)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert ensure_model(REF).read_bytes() == gguf_bytes
+    assert hub.file_requests("GET")[-1].headers["authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("hf:tester/No-Such-Repo/x.gguf", "repository tester/No-Such-Repo not found"),
+    (f"hf:{REPO}/missing.gguf", "file not found in tester/Tiny-GGUF"),
+    (f"{REF}@v9", "revision v9 not found"),
+])
+def test_not_found_is_unavailable_and_names_the_reference(hub, ref, message):
+    with pytest.raises(ModelDownloadError) as err:
+        ensure_model(ref)
+    assert isinstance(err.value, SolverUnavailable) and message in str(err.value) and ref in str(err.value)
+
+
+def test_no_network_is_unavailable(hub, monkeypatch):
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(ModelDownloadError) as err:
+        ensure_model(REF)
+    assert REF in str(err.value) and "download failed" in str(err.value)
+
+
+def test_too_little_free_space_is_refused_before_downloading(hub, gguf_bytes):
+    asked = []
+
+    def free(path):
+        asked.append(path)
+        return len(gguf_bytes) + DISK_MARGIN_BYTES - 1
+
+    with pytest.raises(DiskFull) as err:
+        ensure_model(REF, free_space=free)
+    assert isinstance(err.value, SolverUnavailable) and "not enough disk space" in str(err.value)
+    assert asked and hub.file_requests("GET") == []
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 256 KiB tmpfs (needs root and mount rights; skipped elsewhere)."""
+    mount_point = tmp_path / f"full-{uuid.uuid4().hex[:6]}"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: " + done.stderr.decode(errors="replace").strip())
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_disk_that_fills_up_mid_download_leaves_nothing_behind(hub, tiny_tmpfs, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tiny_tmpfs / "hf"))
+    with pytest.raises(DiskFull) as err:
+        ensure_model(REF, free_space=lambda path: 1 << 40)  # the check believes there is room
+    assert "disk filled up" in str(err.value)
+    leftovers = [p for p in (tiny_tmpfs / "hf").rglob("*") if p.is_file() and p.parent.name != "refs"
+                 and ".locks" not in p.parts and p.name != "CACHEDIR.TAG"]
+    assert leftovers == []  # no partial blob, no snapshot entry (refs/main only holds the commit id)
+    with pytest.raises(ModelNotReady):
+        resolve_model(REF)
+
+
+def test_plain_paths_pass_through(tmp_path, gguf_bytes, monkeypatch):
+    model = tmp_path / "m.gguf"
+    model.write_bytes(gguf_bytes)
+    monkeypatch.setenv("MODELS", str(tmp_path))
+    assert resolve_model("$MODELS/m.gguf") == model
+    assert ensure_model(str(model)) == model
+    (tmp_path / "x.gguf").write_bytes(b"nope")
+    with pytest.raises(NotAModelFile):
+        ensure_model(str(tmp_path / "x.gguf"))
+    with pytest.raises(ModelNotReady):
+        ensure_model(str(tmp_path / "absent.gguf"))
+    assert os.environ.get("HF_TOKEN") is None

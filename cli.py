@@ -1,4 +1,5 @@
-"""The ``persona-fallback`` command: validate persona files, ask a persona with no bus, run the demo."""
+"""The ``persona-fallback`` command: validate persona files, ask a persona with no bus, manage local
+models, run the demo."""
 from __future__ import annotations
 
 import argparse
@@ -116,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--personas-dir", action="append", type=Path, help="extra persona folder (repeatable)")
     ask.add_argument("--db", help="conversation database (default: under XDG_DATA_HOME)")
     ask.set_defaults(func=cmd_ask)
+
+    from .models.cli import add_commands as add_model_commands
+
+    add_model_commands(commands)
 
     demo = commands.add_parser("demo", add_help=False,
                                help="run ovos-messagebus + ovos-core with the skill (demo --help for options)")

@@ -71,7 +71,7 @@ def read_gguf_info(path: Union[str, Path]) -> GGUFInfo:
     path = Path(path)
     with open(path, "rb") as handle:
         reader = _Reader(handle, path)
-        if reader.read(4) != GGUF_MAGIC:
+        if handle.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
             raise GGUFError(f"{path}: not a GGUF file")
         version = reader.scalar("<I")
         if version not in SUPPORTED_VERSIONS:

@@ -154,3 +154,15 @@ def test_chain_answers_with_the_next_solver_until_the_model_lands(hub, tmp_path)
         assert after.result.solver_id == "llama-cpp" and after.failures == []
     finally:
         engine.close()
+
+
+def test_shipped_local_small_persona_names_one_hub_file():
+    from pathlib import Path
+
+    from ovos_skill_persona_fallback.models import parse_ref
+    from ovos_skill_persona_fallback.persona import load_persona_file
+
+    persona = load_persona_file(Path(__file__).resolve().parent.parent / "personas" / "examples" / "local-small.yaml")
+    ref = parse_ref(persona.solver_config("llama-cpp")["model"])
+    assert persona.solvers == ("llama-cpp", "chitchat", "failure")
+    assert (ref.repo_id, ref.filename) == ("Qwen/Qwen2.5-0.5B-Instruct-GGUF", "qwen2.5-0.5b-instruct-q4_k_m.gguf")

@@ -85,6 +85,23 @@ def _hub() -> Any:
     return huggingface_hub
 
 
+def logging_progress(ref: str, step: int = 10) -> Progress:
+    """A ``progress`` callback that logs every ``step`` percent (for downloads in the background)."""
+    from ovos_utils.log import LOG
+
+    shown = [-step]
+
+    def report(done: int, total: Optional[int]) -> None:
+        if not total:
+            return
+        percent = 100 * done // total
+        if percent >= shown[0] + step or (percent == 100 and shown[0] != 100):
+            shown[0] = percent
+            LOG.info("downloading model %s: %d%% of %s", ref, percent, _mb(total))
+
+    return report
+
+
 # ---------------------------------------------------------------- the cache, no network
 
 def cached_snapshot_file(ref: ModelRef) -> Optional[Path]:

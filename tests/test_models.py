@@ -1,9 +1,9 @@
 """hf: model references: the real huggingface_hub client against a loopback Hub (tests/hub_server.py)
 serving a tiny GGUF generated here. HF_HOME and HF_ENDPOINT point into the test, always."""
+import logging
 import os
 import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -55,6 +55,21 @@ def test_pull_downloads_into_the_hf_cache_and_reports_progress(hub, tmp_path, gg
     assert [r.method for r in hub.file_requests()].count("GET") == 1
     assert all(r.path == f"/{REPO}/resolve/main/{FILE}" for r in hub.file_requests())
     assert not [p for p in cache_files(tmp_path) if "incomplete" in p]
+
+
+def test_background_downloads_log_their_progress_in_steps(hub, caplog, gguf_bytes, monkeypatch):
+    import huggingface_hub.constants
+    from ovos_skill_persona_fallback.models.hub import logging_progress
+
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", len(gguf_bytes) // 20 + 1)
+    caplog.set_level(logging.INFO)
+    ensure_model(REF, progress=logging_progress(REF, step=25))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("downloading model")]
+    percents = [int(line.rsplit(": ", 1)[1].split("%")[0]) for line in lines]
+    # 20 chunks of 5 %: one line at the start, then one each time 25 more percent have arrived
+    assert percents == [0, 25, 50, 75, 100]
+    assert all(line == f"downloading model {REF}: {p}% of {len(gguf_bytes) / 1e6:.1f} MB"
+               for line, p in zip(lines, percents))
 
 
 def test_cached_model_is_found_with_no_request(hub):

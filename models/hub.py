@@ -14,7 +14,7 @@ import re
 import shutil
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from .errors import (ChecksumMismatch, DiskFull, ModelDownloadError, ModelNotReady, ModelRefError,
                      NotAModelFile)
@@ -34,6 +34,8 @@ FreeBytes = Callable[[Path], int]
 
 _locks_guard = threading.Lock()
 _locks: Dict[str, threading.Lock] = {}
+#: references being downloaded or verified in this process: not ready, even once the file shows
+_downloading: Set[str] = set()
 
 
 # ---------------------------------------------------------------- conventions
@@ -138,6 +140,9 @@ def resolve_model(ref: str) -> Path:
     if not parsed.is_hub:
         assert parsed.path is not None
         return parsed.path
+    with _locks_guard:
+        if parsed.raw in _downloading:
+            raise ModelNotReady(parsed.raw, f"model {parsed.raw} is being downloaded")
     path = cached_snapshot_file(parsed)
     if path is None or not is_gguf(path):
         raise ModelNotReady(parsed.raw)
@@ -167,7 +172,13 @@ def ensure_model(ref: str, progress: Optional[Progress] = None, *,
             return resolve_model(parsed.raw)
         except ModelNotReady:
             pass
-        return _download(parsed, progress, free_space)
+        with _locks_guard:
+            _downloading.add(parsed.raw)
+        try:
+            return _download(parsed, progress, free_space)
+        finally:
+            with _locks_guard:
+                _downloading.discard(parsed.raw)
 
 
 def _lock_for(ref: str) -> threading.Lock:

@@ -47,8 +47,17 @@ def cache_files(tmp_path):
 # ------------------------------------------------------------------ pull and cache
 
 def test_pull_downloads_into_the_hf_cache_and_reports_progress(hub, tmp_path, gguf_bytes):
-    seen = []
-    path = ensure_model(REF, progress=lambda done, total: seen.append((done, total)))
+    seen, meanwhile = [], []
+
+    def progress(done, total):
+        seen.append((done, total))
+        try:
+            resolve_model(REF)
+        except ModelNotReady as err:  # what a solver asking during the download hears
+            meanwhile.append(str(err))
+
+    path = ensure_model(REF, progress=progress)
+    assert meanwhile and set(meanwhile) == {f"model {REF} is being downloaded"}
     assert path == tmp_path / "hf" / "hub" / "models--tester--Tiny-GGUF" / "snapshots" / COMMIT / FILE
     assert path.read_bytes() == gguf_bytes
     assert seen[-1] == (len(gguf_bytes), len(gguf_bytes))
@@ -150,7 +159,8 @@ def test_a_file_that_is_not_gguf_is_refused_and_deleted(hub, tmp_path):
     assert not [p for p in cache_files(tmp_path) if "/blobs/" in p or p.endswith(".gguf")]
 
 
-def test_private_repo_needs_the_token_and_the_token_is_never_shown(hub, monkeypatch, gguf_bytes):
+def test_private_repo_needs_the_token_and_the_token_is_never_shown(hub, monkeypatch, gguf_bytes, caplog):
+    caplog.set_level(logging.DEBUG)
     hub.repos[REPO].token = TOKEN
     with pytest.raises(ModelDownloadError) as err:
         ensure_model(REF)
@@ -162,6 +172,7 @@ def test_private_repo_needs_the_token_and_the_token_is_never_shown(hub, monkeypa
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert ensure_model(REF).read_bytes() == gguf_bytes
     assert hub.file_requests("GET")[-1].headers["authorization"] == f"Bearer {TOKEN}"
+    assert TOKEN not in caplog.text and "hf_WRONGtoken" not in caplog.text
 
 
 @pytest.mark.parametrize("ref, message", [
@@ -214,6 +225,7 @@ def tiny_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
+@pytest.mark.filterwarnings("ignore:Not enough free disk space")  # huggingface_hub's own check only warns
 def test_a_disk_that_fills_up_mid_download_leaves_nothing_behind(hub, tiny_tmpfs, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tiny_tmpfs / "hf"))
     with pytest.raises(DiskFull) as err:

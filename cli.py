@@ -1,5 +1,5 @@
 """The ``persona-fallback`` command: validate and convert persona files, ask a persona with no bus,
-run the demo."""
+manage local models, run the demo."""
 from __future__ import annotations
 
 import argparse
@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--db", help="conversation database (default: under XDG_DATA_HOME)")
     ask.add_argument("--default-solvers", type=_default_solvers, default=list(DEFAULT_SOLVERS), help=chain_help)
     ask.set_defaults(func=cmd_ask)
+
+    from .models.cli import add_commands as add_model_commands
+
+    add_model_commands(commands)
 
     demo = commands.add_parser("demo", add_help=False,
                                help="run ovos-messagebus + ovos-core with the skill (demo --help for options)")

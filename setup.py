@@ -3,7 +3,7 @@ from setuptools import setup
 
 PACKAGE = "ovos_skill_persona_fallback"
 SKILL_ID = "ovos-skill-persona-fallback.openpersona"
-SUB_PACKAGES = ["solvers", "formats"]
+SUB_PACKAGES = ["solvers", "formats", "models", "tools"]
 # "personas/examples" is data, not a package: package_data below carries it
 
 setup(
@@ -31,7 +31,9 @@ setup(
         "rivescript>=1.15,<2",
     ],
     extras_require={
-        "llama": ["llama-cpp-python>=0.3.16,<0.4"],
+        "llama": ["llama-cpp-python>=0.3.16,<0.4", "huggingface_hub>=2.0,<3"],
+        # hf: model references (download into huggingface_hub's cache) and "persona-fallback models"
+        "models": ["huggingface_hub>=2.0,<3"],
         # a skill never requires ovos-core (it is installed into core's environment); the demo and
         # the tests start their own core and messagebus
         "demo": ["ovos-core>=2.1.1,<2.2", "ovos-messagebus>=0.0.10,<0.1"],
@@ -44,6 +46,7 @@ setup(
             "hypothesis>=6.100,<7",
             "gguf>=0.17,<0.20",
             "ovos-core>=2.1.1,<2.2",
+            "huggingface_hub>=2.0,<3",
             "ovos-messagebus>=0.0.10,<0.1",
             "ovos-solver-failure-plugin>=0.0.3,<0.1",
         ],

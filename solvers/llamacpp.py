@@ -57,6 +57,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from ovos_utils.log import LOG
 
 from ..concurrency import FairLock
+from ..models.hub import resolve_model
+from ..models.refs import is_hub_ref
 
 from .base import (CancelToken, ChatMessage, GenerationSettings, Role, Solver, SolverConfigError,
                    SolverContext, SolverUnavailable)
@@ -341,7 +343,7 @@ class _Plan:
 class LlamaCppSolver(Solver):
     """Answers with a local GGUF model through llama-cpp-python (see the module docstring).
 
-    Config keys: ``model`` (path; else ``$PERSONA_MODEL``), ``n_ctx`` (4096), ``n_threads``
+    Config keys: ``model`` (path or ``hf:`` reference; else ``$PERSONA_MODEL``), ``n_ctx`` (4096), ``n_threads``
     (None: llama.cpp's default), ``n_gpu_layers`` (0), ``chat_format`` (None: the model's own
     template), ``state_cache_size`` (8 saved conversation states per model; 0: none), ``verbose``,
     and the generation keys of ``GenerationSettings`` (temperature, top_k, top_p, repeat_penalty,
@@ -386,6 +388,8 @@ class LlamaCppSolver(Solver):
         value = self.config.get("model") or os.environ.get(MODEL_ENV)
         if not value:
             raise SolverConfigError(f"llama-cpp: no model configured (set 'model' or ${MODEL_ENV})")
+        if is_hub_ref(value):  # the cached download, or ModelNotReady (SolverUnavailable) until it lands
+            return resolve_model(value)
         return Path(os.path.expandvars(os.fspath(value))).expanduser()
 
     @property

@@ -5,7 +5,9 @@ Config block (every key but ``api_url`` optional)::
 
     api_url           base URL, e.g. http://host:8080/v1 or http://host:8337 (required, http/https)
     key               API key, sent as ``Authorization: Bearer <key>``; never logged or shown
-    model             model name, sent when given
+    model             model name; when not given, the first id of ``GET <api_url>/models`` (asked
+                      once), else "default": some servers (ovos-persona-server 0.5) reject a request
+                      without one
     timeout           seconds: a number (connect and read) or {"connect": 5, "read": 30}; the read
                       timeout is the longest silence allowed, before the first byte and between bytes
     headers           extra HTTP headers (dict)
@@ -23,20 +25,20 @@ Config block (every key but ``api_url`` optional)::
 
 Endpoint discovery: the configured path first, then on HTTP 404 ``/chat/completions``,
 ``/v1/chat/completions`` and ``/openai/v1/chat/completions``; the one that answers is remembered.
+
+The wire parsing lives in ``sse.py``, the HTTP transport (discovery, timeouts, cancel, retries)
+in ``http_transport.py``; this module builds requests and turns replies into text.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import re
-import socket
 import threading
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
 
 import requests
 from ovos_utils.log import LOG
-import urllib3
 
 from .base import (
     CancelToken,
@@ -48,9 +50,12 @@ from .base import (
     SolverContext,
     SolverError,
     SolverResponseError,
-    SolverTimeout,
     SolverUnavailable,
 )
+from .http_transport import CHAT_SUFFIX, Call, HTTPTransport, Redactor, Retry, candidate_urls, retry
+from .sse import choice_text, first_model_id, iter_lines, iter_sse_events, parse_event_data, tool_call_names
+
+__all__ = ["OpenAISolver", "candidate_urls", "iter_lines", "iter_sse_events", "render_prompt"]
 
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -60,6 +65,8 @@ DEFAULT_BACKOFF = 0.5
 DEFAULT_MODE = "chat"
 DEFAULT_STREAM = True
 DEFAULT_PROMPT_KEY = "prompt"
+#: the model name sent when none is configured and the server lists none (some servers require one)
+PLACEHOLDER_MODEL = "default"
 #: placeholders: {system} system messages, {history} earlier turns as "User: ...\n"/"Assistant: ...\n"
 #: lines, {question} the last user message, {persona} the persona name, {lang} the answer language
 DEFAULT_PROMPT_TEMPLATE = "{system}\n\n{history}User: {question}\nAssistant:"
@@ -67,181 +74,16 @@ DEFAULT_PROMPT_TEMPLATE = "{system}\n\n{history}User: {question}\nAssistant:"
 COMPLETIONS_STOP = "\nUser:"
 
 MODES = ("chat", "completions")
-CHAT_SUFFIX = "chat/completions"
 COMPLETIONS_SUFFIX = "completions"
-#: where OpenAI-compatible servers mount their API, relative to the server root, in try order
-KNOWN_PREFIXES = ("", "/v1", "/openai/v1")
+MODELS_SUFFIX = "models"
+#: tool names quoted in logs and errors at most, each cut to this many characters
+MAX_TOOL_NAMES = 5
+MAX_TOOL_NAME_CHARS = 64
 #: sampling keys that llama.cpp/Ollama-style servers accept but strict OpenAI servers reject
 NONSTANDARD_SAMPLING = ("top_k", "repeat_penalty")
 
-READ_SIZE = 8192
-MAX_LINE_BYTES = 1 << 20
-MAX_BODY_BYTES = 8 << 20
-ERROR_BODY_BYTES = 64 << 10
-ERROR_SNIPPET_CHARS = 200
-REDACTED = "***"
-
-_EOL = re.compile(rb"\r\n|\r|\n")
 _SECRET_HEADER = re.compile(r"authorization|key|token|secret|cookie", re.IGNORECASE)
 _RETRY_UNAVAILABLE = frozenset({429, 502, 503, 504})
-
-
-# ---------------------------------------------------------------- wire format (pure functions)
-
-def iter_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[str]:
-    """Split a byte stream into text lines at CRLF, LF or CR, as the SSE spec defines them.
-
-    A last line without an end of line is yielded too. Raises ``SolverResponseError`` when one
-    line grows past ``max_line`` bytes (a server that never sends a newline).
-    """
-    buffer = bytearray()
-    skip_lf = False  # the previous chunk ended in CR: a LF opening this one is the same line end
-    first = True
-    for chunk in chunks:
-        if skip_lf and chunk[:1] == b"\n":
-            chunk = chunk[1:]
-        skip_lf = False
-        buffer += chunk
-        start = 0
-        for match in _EOL.finditer(buffer):
-            line = bytes(buffer[start:match.start()])
-            start = match.end()
-            if first:
-                line, first = _strip_bom(line), False
-            yield line.decode("utf-8", errors="replace")
-        if start and buffer[start - 1:start] == b"\r":
-            skip_lf = True
-        del buffer[:start]
-        if len(buffer) > max_line:
-            raise SolverResponseError(f"stream line longer than {max_line} bytes")
-    if buffer:
-        yield (_strip_bom(bytes(buffer)) if first else bytes(buffer)).decode("utf-8", errors="replace")
-
-
-def _strip_bom(line: bytes) -> bytes:
-    return line[3:] if line.startswith(b"\xef\xbb\xbf") else line
-
-
-def iter_sse_events(lines: Iterable[str]) -> Iterator[str]:
-    """Yield the data of each server-sent event: its ``data:`` lines joined with newlines.
-
-    Follows the HTML SSE spec: one optional space after the colon, a blank line dispatches,
-    comment lines (``:``) and ``event``/``id``/``retry``/unknown fields are ignored, events
-    without data are not dispatched. One leniency: data pending when the stream ends is
-    dispatched too, because some servers omit the final blank line.
-    """
-    data: List[str] = []
-    for line in lines:
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        if name == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
-    if data:
-        yield "\n".join(data)
-
-
-def parse_event_data(data: str) -> List[Any]:
-    """Parse one event's data as JSON; raise ``SolverResponseError`` if it is not JSON.
-
-    Data split over several ``data:`` lines is one JSON text; if it does not parse, each line is
-    tried alone, for servers that send one JSON object per line without blank lines between.
-    """
-    try:
-        return [json.loads(data)]
-    except ValueError as err:
-        lines = [line for line in data.split("\n") if line.strip()]
-        if len(lines) > 1:
-            try:
-                return [json.loads(line) for line in lines]
-            except ValueError:
-                pass  # report the error of the whole event below
-        raise SolverResponseError(f"invalid JSON in stream event: {data[:ERROR_SNIPPET_CHARS]!r}") from err
-
-
-def choice_text(payload: Any) -> str:
-    """Return the text of ``choices[0]`` of a chat or completions chunk or reply ('' if none).
-
-    Reads ``delta.content`` (chat stream), ``message.content`` (chat reply) or ``text``
-    (completions); raises ``SolverResponseError`` for an ``error`` object or a non-object payload.
-    """
-    if not isinstance(payload, dict):
-        raise SolverResponseError(f"unexpected JSON from server: {str(payload)[:ERROR_SNIPPET_CHARS]!r}")
-    if payload.get("error"):
-        raise SolverResponseError(f"server reported an error: {error_text(payload)}")
-    choices = payload.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return ""
-    choice = choices[0]
-    part = choice.get("delta") or choice.get("message")
-    content = part.get("content") if isinstance(part, dict) else None
-    if content is None:
-        content = choice.get("text")
-    return content if isinstance(content, str) else ""
-
-
-def _secret_strings(values: Sequence[Optional[str]]) -> List[str]:
-    """Return every string to hide: each value, and the token of "Bearer <token>"-style values,
-    longest first so a value is replaced whole before its token is looked for."""
-    found = set()
-    for value in values:
-        if not value:
-            continue
-        found.add(value)
-        token = value.split()[-1] if value.split() else ""
-        if len(token) >= 8:
-            found.add(token)
-    return sorted(found, key=len, reverse=True)
-
-
-def error_text(payload: Any) -> str:
-    """Return the human message of an OpenAI/FastAPI-style error body ('' if none is found)."""
-    if not isinstance(payload, dict):
-        return ""
-    error = payload.get("error")
-    if isinstance(error, dict):
-        message = error.get("message")
-        return str(message) if message else json.dumps(error)
-    for value in (error, payload.get("message"), payload.get("detail")):
-        if isinstance(value, str) and value:
-            return value
-    return ""
-
-
-def candidate_urls(api_url: str, suffix: str = CHAT_SUFFIX, explicit: Optional[str] = None) -> List[str]:
-    """Return the endpoint URLs to try in order, without duplicates.
-
-    ``explicit`` (a path relative to ``api_url`` or a full URL) comes first, then ``suffix``
-    under ``api_url``, then ``suffix`` under each known prefix of the server root, where the
-    root is ``api_url`` without a trailing ``/v1`` or ``/openai/v1`` (so ``.../v1`` never
-    turns into ``.../v1/v1``). A query string in ``api_url`` is kept on every candidate.
-    """
-    parts = urlsplit(api_url)
-    base_path = parts.path.rstrip("/")
-    root_path = base_path
-    for prefix in sorted(KNOWN_PREFIXES, key=len, reverse=True):
-        if prefix and root_path.endswith(prefix):
-            root_path = root_path[: -len(prefix)]
-            break
-
-    def at(path: str) -> str:
-        return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-
-    urls: List[str] = []
-    if explicit:
-        if explicit.lower().startswith(("http://", "https://")):
-            urls.append(explicit)
-        else:
-            urls.append(at(f"{base_path}/{explicit.lstrip('/')}"))
-    urls.append(at(f"{base_path}/{suffix}"))
-    urls.extend(at(f"{root_path}{prefix}/{suffix}") for prefix in KNOWN_PREFIXES)
-    return list(dict.fromkeys(urls))
-
 
 _LABELS = {Role.USER: "User", Role.ASSISTANT: "Assistant"}
 
@@ -261,81 +103,6 @@ def render_prompt(template: str, messages: Sequence[ChatMessage], *, persona: st
     return template.format(system=system, history=history, question=question,
                            persona=persona, lang=lang).lstrip("\n")
 
-
-# ---------------------------------------------------------------- transport helpers
-
-class _Retry(Exception):
-    """Internal: a failure worth another attempt if no text was yielded yet."""
-
-    def __init__(self, error: SolverError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _retry(error: SolverError, cause: Optional[BaseException] = None) -> _Retry:
-    error.__cause__ = cause
-    return _Retry(error)
-
-
-def _shutdown_socket(response: requests.Response) -> None:
-    """Shut the socket under ``response`` down so a read blocked in another thread returns now."""
-    # Closing the response from another thread is not enough: the buffered reader's lock makes
-    # close() wait for the blocked read, and close() on a socket does not wake a blocked recv().
-    # shutdown() does both: the read returns at once and the server sees the connection end.
-    raw = getattr(response, "raw", None)
-    sock = getattr(getattr(raw, "_connection", None), "sock", None)
-    if sock is None:  # urllib3 without the connection on the response: reach it via http.client
-        fp = getattr(getattr(raw, "_fp", None), "fp", None)
-        sock = getattr(getattr(fp, "raw", None), "_sock", None)
-    if sock is None:
-        return
-    try:
-        # the plain-socket method, so an SSL socket is not unwrapped under a reader's feet
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed or never connected: nothing is blocked on it
-
-
-def _raw_chunks(raw: Any) -> Iterator[bytes]:
-    """Yield body bytes as they arrive, never waiting to fill a fixed-size block."""
-    if raw.chunked and raw.supports_chunked_reads():
-        yield from raw.read_chunked(decode_content=True)
-    elif hasattr(raw, "read1"):  # urllib3 2: read() would block until READ_SIZE bytes came
-        while True:
-            data = raw.read1(READ_SIZE, decode_content=True)
-            if not data:
-                return
-            yield data
-    else:  # urllib3 1 has no read1; byte by byte is slow but streams
-        yield from raw.stream(1, decode_content=True)
-
-
-def _is_timeout(err: BaseException) -> bool:
-    return isinstance(err, (urllib3.exceptions.TimeoutError, requests.exceptions.Timeout, socket.timeout))
-
-
-class _Call:
-    """The response one ``stream()`` call is reading, so that a cancel can interrupt it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._response: Optional[requests.Response] = None
-
-    def attach(self, response: requests.Response) -> None:
-        with self._lock:
-            self._response = response
-
-    def interrupt(self) -> None:
-        with self._lock:
-            response = self._response
-        if response is not None:
-            _shutdown_socket(response)
-
-    def close(self) -> None:
-        with self._lock:
-            response, self._response = self._response, None
-        if response is not None:
-            response.close()
 
 
 # ---------------------------------------------------------------- the solver
@@ -422,11 +189,17 @@ class OpenAISolver(Solver):
         if isinstance(self.backoff, bool) or not isinstance(self.backoff, (int, float)) or self.backoff < 0:
             raise SolverConfigError("openai solver: backoff must be a number of seconds >= 0")
         self.generation = context.generation.merged(config)
-        self._secrets = _secret_strings([self._key] + [
+        self._redact = Redactor([self._key] + [
             value for name, value in self.headers.items() if _SECRET_HEADER.search(name)])
-        self._session = session if session is not None else requests.Session()
+        self._http = HTTPTransport(
+            self.api_url, self._candidates, session=session if session is not None else requests.Session(),
+            connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+            retries=self.retries, backoff=self.backoff, redact=self._redact)
         self._lock = threading.Lock()
-        self._working_url: Optional[str] = None
+        # the model a server listed (or the placeholder once it answered without one); asked once
+        self._model_lock = threading.Lock()
+        self._found_model: Optional[str] = None
+        self._warned_tools = False
         # learnt from 400 replies: the server cannot stream / rejects llama.cpp-style sampling keys
         self._no_stream = False
         self._plain_sampling = False
@@ -437,10 +210,13 @@ class OpenAISolver(Solver):
                conversation_id: str = "") -> Iterator[str]:
         """Yield the answer as it streams in; raise a ``SolverError`` (``SolverCancelled`` on cancel)."""
         cancel.raise_if_cancelled()
-        call = _Call()
+        call = Call()
         unregister = cancel.on_cancel(call.interrupt)
         try:
-            yield from self._stream_with_retries(messages, lang, cancel, conversation_id, call)
+            headers = self._build_headers(conversation_id)
+            self._discover_model(headers, cancel, call)
+            yield from self._http.with_retries(
+                lambda: self._attempt(messages, lang, conversation_id, headers, cancel, call), cancel)
         except SolverError as err:
             if cancel.cancelled and not isinstance(err, SolverCancelled):
                 raise SolverCancelled("cancelled") from err
@@ -454,7 +230,7 @@ class OpenAISolver(Solver):
 
     def close(self) -> None:
         """Close the HTTP session."""
-        self._session.close()
+        self._http.close()
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.solver_id} for {self.context.persona_name!r} "
@@ -484,6 +260,8 @@ class OpenAISolver(Solver):
         body.update(self.extra_body)
         if self.model:
             body["model"] = self.model
+        elif "model" not in body:
+            body["model"] = self._found_model or PLACEHOLDER_MODEL
         if self.mode == "chat":
             body["messages"] = [message.as_dict() for message in messages]
         else:
@@ -503,44 +281,54 @@ class OpenAISolver(Solver):
             headers["X-Conversation-Id"] = conversation_id
         return headers
 
-    def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
-        return text
+    # -- the model name
 
-    # -- attempts and retries
+    def _discover_model(self, headers: Mapping[str, str], cancel: CancelToken, call: Call) -> None:
+        """With no model configured, ask ``<api_url>/models`` once and remember the first id.
 
-    def _stream_with_retries(self, messages: Sequence[ChatMessage], lang: str, cancel: CancelToken,
-                             conversation_id: str, call: _Call) -> Iterator[str]:
-        headers = self._build_headers(conversation_id)
-        attempt = 0
-        while True:
-            produced = False
-            try:
-                for text in self._attempt(messages, lang, conversation_id, headers, cancel, call):
-                    produced = True
-                    yield text
+        A server that answers without a usable list gets the placeholder for good; an unreachable
+        one gets it for this request only, and is asked again next time.
+        """
+        if self.model or "model" in self.extra_body:
+            return
+        with self._model_lock:
+            if self._found_model is not None:
                 return
-            except _Retry as retry:
-                # once text reached the caller a retry would repeat it: fail and let the chain end there
-                if produced or attempt >= self.retries:
-                    raise retry.error from retry.error.__cause__
-                delay = self.backoff * (2 ** attempt)
-                attempt += 1
-                LOG.warning("%s; retry %d/%d in %.2f s", self._redact(str(retry.error)), attempt,
-                            self.retries, delay)
-                if cancel.wait(delay):
-                    raise SolverCancelled("cancelled") from retry.error
+            listed = None
+            # <api_url>/models first, then under the server root's known prefixes, like the chat path
+            for url in candidate_urls(self.api_url, MODELS_SUFFIX):
+                try:
+                    response = self._http.request("GET", url, None, headers, cancel, call)
+                    try:
+                        if response.status_code == 404:
+                            continue
+                        listed = first_model_id(self._http.read_json(response, cancel)) if response.ok else None
+                    finally:
+                        response.close()
+                except SolverCancelled:
+                    raise
+                except (Retry, SolverError) as err:
+                    cancel.raise_if_cancelled()
+                    if isinstance(err, (Retry, SolverUnavailable)):  # unreachable or slow: ask again next time
+                        LOG.debug("model list at %s unreachable: %s", self._redact(url), self._redact(str(err)))
+                        return
+                    # it answered, just not with a list we can read
+                break
+            self._found_model = listed or PLACEHOLDER_MODEL
+            LOG.info("%s: sending model %r (%s)", self._redact(self.api_url), self._found_model,
+                     "first one listed" if listed else "placeholder: the server lists none")
+
+    # -- one attempt
 
     def _attempt(self, messages: Sequence[ChatMessage], lang: str, conversation_id: str,
-                 headers: Mapping[str, str], cancel: CancelToken, call: _Call) -> Iterator[str]:
+                 headers: Mapping[str, str], cancel: CancelToken, call: Call) -> Iterator[str]:
         while True:
             body = self.build_body(messages, lang=lang, conversation_id=conversation_id)
-            response = self._post_discovering(body, headers, cancel, call)
+            response = self._http.post_discovering(body, headers, cancel, call)
             if response.ok:
                 break
             status = response.status_code
-            message = self._error_message(response)
+            message = self._http.error_message(response)
             if not self._adapt(status, message, body):
                 raise self._status_error(status, message)
         try:
@@ -574,88 +362,49 @@ class OpenAISolver(Solver):
                 return SolverConfigError(f"{where} rejected the API key (HTTP {status}){detail}")
             return SolverConfigError(f"{where} requires an API key (HTTP {status}){detail}")
         if status == 429:
-            return _retry(SolverUnavailable(f"{where} is rate limiting (HTTP 429){detail}"))
+            return retry(SolverUnavailable(f"{where} is rate limiting (HTTP 429){detail}"))
         if status >= 500:
             kind = SolverUnavailable if status in _RETRY_UNAVAILABLE else SolverResponseError
-            return _retry(kind(f"{where} answered HTTP {status}{detail}"))
+            return retry(kind(f"{where} answered HTTP {status}{detail}"))
         return SolverResponseError(f"{where} answered HTTP {status}{detail}")
 
-    # -- HTTP
-
-    def _post_discovering(self, body: Mapping[str, Any], headers: Mapping[str, str],
-                          cancel: CancelToken, call: _Call) -> requests.Response:
-        """POST to the remembered endpoint, or find one; return the first non-404 response."""
-        with self._lock:
-            working = self._working_url
-        urls = list(dict.fromkeys(([working] if working else []) + self._candidates))
-        tried: List[str] = []
-        for url in urls:
-            response = self._post(url, body, headers, cancel, call)
-            if response.status_code != 404:
-                with self._lock:
-                    self._working_url = url
-                return response
-            message = self._error_message(response)
-            if "model" in message.lower():  # Ollama, vLLM, OpenAI: the path exists, the model does not
-                raise SolverUnavailable(f"{self._redact(self.api_url)}: model not found (HTTP 404): {message}")
-            tried.append(urlsplit(url).path)
-        with self._lock:
-            self._working_url = None
-        raise SolverConfigError(f"no OpenAI-compatible endpoint at {self._redact(self.api_url)}: "
-                                f"HTTP 404 on {', '.join(tried)}")
-
-    def _post(self, url: str, body: Mapping[str, Any], headers: Mapping[str, str],
-              cancel: CancelToken, call: _Call) -> requests.Response:
-        where = self._redact(url)
-        try:
-            response = self._session.post(url, json=body, headers=headers, stream=True,
-                                          timeout=(self.connect_timeout, self.read_timeout))
-        except requests.exceptions.ConnectTimeout as err:
-            raise SolverTimeout(f"could not connect to {where} within {self.connect_timeout:g} s") from err
-        except requests.exceptions.Timeout as err:
-            raise SolverTimeout(f"{where} sent no reply within {self.read_timeout:g} s") from err
-        except requests.exceptions.SSLError as err:
-            raise SolverConfigError(f"TLS failed with {where}: {self._redact(str(err))}") from err
-        except requests.exceptions.ConnectionError as err:
-            raise _retry(SolverUnavailable(f"cannot reach {where}: {self._redact(str(err))}"), err) from err
-        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidHeader) as err:
-            raise SolverConfigError(f"bad request settings for {where}: {self._redact(str(err))}") from err
-        except requests.RequestException as err:
-            raise SolverUnavailable(f"request to {where} failed: {self._redact(str(err))}") from err
-        call.attach(response)
-        if cancel.cancelled:
-            raise SolverCancelled("cancelled")
-        return response
-
-    def _chunks(self, response: requests.Response, cancel: CancelToken) -> Iterator[bytes]:
-        """Yield the body's bytes as they arrive, mapping transport failures onto the error tree."""
-        try:
-            for chunk in _raw_chunks(response.raw):
-                if chunk:
-                    yield chunk
-        except (urllib3.exceptions.HTTPError, requests.RequestException, http.client.HTTPException,
-                OSError) as err:
-            if cancel.cancelled:
-                raise SolverCancelled("cancelled") from err
-            if _is_timeout(err):
-                raise SolverTimeout(f"{self._redact(self.api_url)} went silent for "
-                                    f"{self.read_timeout:g} s") from err
-            raise _retry(SolverResponseError(f"connection to {self._redact(self.api_url)} dropped "
-                                             f"mid-reply: {self._redact(str(err))}"), err) from err
-        if cancel.cancelled:
-            raise SolverCancelled("cancelled")
+    # -- reading replies
 
     def _read(self, response: requests.Response, *, streaming: bool, cancel: CancelToken) -> Iterator[str]:
+        tools: List[str] = []
+        produced = False
+        for text in self._read_body(response, streaming, cancel, tools):
+            produced = True
+            yield text
+        if tools and not produced:
+            raise self._tool_calls_only(tools)
+
+    def _tool_calls_only(self, tools: List[str]) -> SolverResponseError:
+        """The error for a reply made only of tool calls, warned about once per solver."""
+        unique = list(dict.fromkeys(name[:MAX_TOOL_NAME_CHARS] for name in tools))
+        names = self._redact(", ".join(unique[:MAX_TOOL_NAMES]) + (", ..." if len(unique) > MAX_TOOL_NAMES else ""))
+        where = self._redact(self.api_url)
+        with self._lock:
+            warn, self._warned_tools = not self._warned_tools, True
+        if warn:  # a server set up with tools does it on every request: once says it all
+            LOG.warning("%s answered with only tool calls (%s) and no text; this solver runs no tools, "
+                        "so the next solver answers", where, names)
+        return SolverResponseError(f"{where} answered with only tool calls ({names}) and no text")
+
+    def _read_body(self, response: requests.Response, streaming: bool, cancel: CancelToken,
+                   tools: List[str]) -> Iterator[str]:
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type == "text/event-stream" or (streaming and not content_type.endswith("json")):
-            yield from self._read_sse(response, cancel)
+            yield from self._read_sse(response, cancel, tools)
         else:  # a server that cannot stream answers a streaming request with one JSON reply
-            text = choice_text(self._read_json(response, cancel))
+            payload = self._http.read_json(response, cancel)
+            text = choice_text(payload)
+            tools.extend(tool_call_names(payload))
             if text:
                 yield text
 
-    def _read_sse(self, response: requests.Response, cancel: CancelToken) -> Iterator[str]:
-        for data in iter_sse_events(iter_lines(self._chunks(response, cancel))):
+    def _read_sse(self, response: requests.Response, cancel: CancelToken, tools: List[str]) -> Iterator[str]:
+        for data in iter_sse_events(iter_lines(self._http.chunks(response, cancel))):
             cancel.raise_if_cancelled()
             if data.strip() == "[DONE]":
                 return
@@ -663,38 +412,9 @@ class OpenAISolver(Solver):
                 continue
             for event in parse_event_data(data):
                 text = choice_text(event)
+                tools.extend(tool_call_names(event))
                 if text:
                     cancel.raise_if_cancelled()
                     yield text
         # no [DONE]: ovos-persona-server 0.4 and others just end the stream
         cancel.raise_if_cancelled()
-
-    def _read_json(self, response: requests.Response, cancel: CancelToken) -> Any:
-        body = bytearray()
-        for chunk in self._chunks(response, cancel):
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise SolverResponseError(
-                    f"reply from {self._redact(self.api_url)} is over {MAX_BODY_BYTES} bytes")
-        try:
-            return json.loads(body.decode("utf-8", errors="replace"))
-        except ValueError as err:
-            snippet = self._redact(body.decode("utf-8", errors="replace"))[:ERROR_SNIPPET_CHARS]
-            raise SolverResponseError(f"{self._redact(self.api_url)} sent a reply that is not JSON: "
-                                      f"{snippet!r}") from err
-
-    def _error_message(self, response: requests.Response) -> str:
-        """Read (bounded) and close an error response; return its redacted message."""
-        try:
-            raw = response.raw.read(ERROR_BODY_BYTES, decode_content=True) or b""
-        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError):
-            raw = b""  # the status alone still says what went wrong
-        finally:
-            response.close()
-        text = raw.decode("utf-8", errors="replace")
-        try:
-            message = error_text(json.loads(text))
-        except ValueError:
-            message = ""
-        # redact before cutting: a cut could split a key and leave half of it unmatched
-        return self._redact(message or text.strip())[:ERROR_SNIPPET_CHARS]

@@ -42,7 +42,7 @@ def hammer_answer(turn: int) -> str:
 
 def converse(db: str, url: str, turns: int) -> None:
     persona = Persona(name=PERSONA, solvers=("openai",), system_prompt="You are {name}.", solver_configs={
-        "openai": {"api_url": url, "retries": 0, "timeout": {"connect": 2, "read": 30, "first_chunk": 30}}})
+        "openai": {"api_url": url, "model": "remote", "retries": 0, "timeout": {"connect": 2, "read": 30, "first_chunk": 30}}})
     engine = PersonaEngine(include_shipped=False, memory=ConversationMemory(db), default_persona=PERSONA)
     engine.add_persona(persona)
     for turn in range(1, turns + 1):

@@ -39,7 +39,7 @@ def stack(tmp_path_factory, remote):
     personas = tmp_path_factory.mktemp("personas")
     (personas / "remote.yaml").write_text(
         "name: Remote\nlang: en-us\nsystem_prompt: You are {name}.\nsolvers: [openai, failure]\n"
-        f"openai: {{api_url: '{remote.url}/v1', timeout: {{read: 10, first_chunk: 10, total: 60}}}}\n")
+        f"openai: {{api_url: '{remote.url}/v1', model: remote, timeout: {{read: 10, first_chunk: 10, total: 60}}}}\n")
     config = {"language": dict(PLUGINS)}
     with OVOSStack(config=config, skill_settings={"persona_dirs": [str(personas)], "thinking_delay": 30},
                    env={"PYTHONPATH": str(PLUGIN_SITE)}, timeout=90) as running:

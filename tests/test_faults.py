@@ -81,7 +81,7 @@ def timed_ask(engine: PersonaEngine, question: str, **kwargs) -> Tuple[Answer, f
 
 def openai_persona(url: str, first_chunk: float) -> Persona:
     return make_persona("Remote", ("openai", "failure"), system_prompt="You are {name}.", solver_configs={
-        "openai": {"api_url": f"{url}/v1", "key": SECRET, "retries": 1, "backoff": 0.05,
+        "openai": {"api_url": f"{url}/v1", "key": SECRET, "model": "remote-model", "retries": 1, "backoff": 0.05,
                    "timeout": {"connect": 1, "read": 3, "first_chunk": first_chunk, "total": 10}}})
 
 

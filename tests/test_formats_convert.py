@@ -149,7 +149,7 @@ def test_card_answers_through_an_llm_chain_given_on_the_command_line(tmp_path, m
     monkeypatch.setattr(sys, "stdout", out)
     with FakeOpenAIServer() as server:
         server.script(SSEStream(sse(chat_chunk("Rest, traveller.")), interval=0.0))
-        chain = json.dumps([{"openai": {"api_url": f"{server.url}/v1"}}, "failure"])
+        chain = json.dumps([{"openai": {"api_url": f"{server.url}/v1", "model": "m"}}, "failure"])
         code = cli.main(["ask", "--persona", str(path), "--db", str(tmp_path / "m.db"), "--default-solvers", chain,
                          "Where is the amulet?"])
     assert code == 0 and out.getvalue() == "Rest, traveller.\n"

@@ -109,7 +109,7 @@ def test_lollms_personality_folder_loads_every_field(tmp_path):
 
 def test_lollms_through_an_openai_default_chain_sends_its_template_sampling_and_stops(tmp_path, server, memory):
     root = lollms_folder(tmp_path)
-    chain = [{"openai": {"api_url": server.url + "/v1", "mode": "completions", "stream": False}}, "failure"]
+    chain = [{"openai": {"api_url": server.url + "/v1", "model": "m", "mode": "completions", "stream": False}}, "failure"]
     personas, _ = load_personas([root], BUILTINS, default_solvers=chain)
     persona = personas["Lollms Helper"]
     assert persona.solver_config("openai")["prompt_template"] == \

@@ -373,6 +373,7 @@ system_prompt: You are {name}.
 solvers: [openai]
 openai:
   api_url: %s
+  model: remote
   retries: 0
   timeout: {connect: 2, read: 5}
 """

@@ -64,7 +64,7 @@ def test_streams_from_llama_cpp_server_and_finds_the_v1_path(llama_server):
     chunks = list(solver.stream(CHAT, lang="en-us", cancel=CancelToken(), conversation_id="s1"))
     assert len(chunks) > 1 and "".join(chunks).strip()
     # no prefix given: /chat/completions is a 404 there, /v1/chat/completions works and is remembered
-    assert solver._working_url.endswith("/v1/chat/completions")
+    assert solver._http.working_url.endswith("/v1/chat/completions")
     again = list(solver.stream(CHAT, lang="en-us", cancel=CancelToken(), conversation_id="s1"))
     assert again == chunks, "same seed and temperature 0 give the same answer"
     solver.close()

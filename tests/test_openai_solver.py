@@ -51,9 +51,11 @@ OK_TEXT = ["Fine", ", thanks."]
 
 
 def make(server_or_url, context=CONTEXT, session=None, **config):
-    """A solver with small timeouts, no retries unless asked."""
+    """A solver with small timeouts, no retries unless asked, and a model (so no model discovery:
+    test_openai_interop.py covers that)."""
     url = server_or_url if isinstance(server_or_url, str) else server_or_url.url
-    block = {"api_url": url, "timeout": {"connect": 1, "read": 2}, "retries": 0, "backoff": 0.01, **config}
+    block = {"api_url": url, "timeout": {"connect": 1, "read": 2}, "retries": 0, "backoff": 0.01,
+             "model": "test-model", **config}
     return OpenAISolver(block, context, session=session)
 
 
@@ -116,7 +118,7 @@ def test_no_key_and_no_conversation_id_send_neither(openai_server):
     (request,) = openai_server.requests
     assert request.header("Authorization") is None
     assert request.header("X-Conversation-Id") is None
-    assert "user" not in request.body and "model" not in request.body and "seed" not in request.body
+    assert "user" not in request.body and "seed" not in request.body
 
 
 def test_injected_session_is_used_and_closed(openai_server):
@@ -389,6 +391,7 @@ def test_completions_mode_renders_the_prompt_and_merges_extra_body(openai_server
     assert request.body == {
         "prompt": "### System\nYou are Bob.\n### Chat\nUser: Hi\nAssistant: Hello!\n"
                   "### Bob (en)\nUser: How are you?\nAssistant:",
+        "model": "test-model",
         "stream": True,  # extra_body cannot switch streaming off behind the solver's back
         "temperature": 0.5,
         "top_p": 0.95,

@@ -174,7 +174,7 @@ def test_shipped_personas_are_valid():
     root = Path(__file__).resolve().parent.parent / "personas"
     personas, problems = load_personas([root, root / "examples"], known_solver_ids())
     assert problems == []
-    assert sorted(personas) == ["Ava", "Local Llama", "Remote Assistant", "Sol"]
+    assert sorted(personas) == ["Ava", "Local Llama", "Local Small", "Remote Assistant", "Sol"]
     assert personas["Ava"].solvers == ("chitchat", "failure")
 
 

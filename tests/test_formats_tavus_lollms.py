@@ -2,6 +2,8 @@
 OpenAI-compatible server receives (system prompt, headers, extra body, sampling, stop strings)."""
 from __future__ import annotations
 
+import time
+
 import json
 from datetime import datetime
 
@@ -124,5 +126,5 @@ def test_lollms_through_an_openai_default_chain_sends_its_template_sampling_and_
     assert request.body == {
         "temperature": 0.6, "top_p": 0.9, "max_tokens": 1024, "top_k": 50, "repeat_penalty": 1.3,
         "stop": ["### Human:", "### Assistant:", "\nUser:"],
-        "prompt": LOLLMS_SYSTEM.replace("{date}", "2026-12-02") + "\n\n### Human: Hello\n### Assistant:",
-        "stream": False, "user": "s"}
+        "prompt": LOLLMS_SYSTEM.replace("{date}", time.strftime("%Y-%m-%d")) + "\n\n### Human: Hello\n### Assistant:",
+        "stream": False, "user": "s", "model": "m"}

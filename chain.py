@@ -65,10 +65,15 @@ class ChainLink:
 
 @dataclass(frozen=True)
 class SolverInput:
-    """What one solver is asked: its messages and the language to answer in."""
+    """What one solver is asked: its messages and the language to answer in.
+
+    ``solver``, when set, answers instead of the link's own for this one answer (the engine
+    wraps a solver with the persona's tools this way).
+    """
 
     messages: Sequence[ChatMessage]
     lang: str
+    solver: Optional[Solver] = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +180,8 @@ class SolverChain:
         token = cancel.child()
         out: "queue.Queue[Tuple[str, Any]]" = queue.Queue()
         worker = threading.Thread(target=_solver_worker, name=f"solver-{link.solver_id}",
-                                  args=(link.solver, request, token, conversation_id, out), daemon=True)
+                                  args=(request.solver or link.solver, request, token, conversation_id, out),
+                                  daemon=True)
         started = self._clock()
         worker.start()
         got_text = False

@@ -28,6 +28,7 @@ from .reasoning import ThinkFilter
 from .solvers import create_solver, known_solver_ids
 from .solvers.base import CancelToken, ChatMessage, Role, SolverContext, SolverError
 from .speech import SentenceSplitter
+from .tools import ToolExecutor, ToolUsingSolver
 
 SHIPPED_PERSONAS_DIR = Path(__file__).resolve().parent / "personas"
 DEFAULT_PERSONA = "Ava"
@@ -70,6 +71,8 @@ class Answer:
     persona: str
     sentences: List[str] = field(default_factory=list)
     result: ChainResult = field(default_factory=ChainResult)
+    #: the tool-using solvers of this answer (``used`` says which tools ran)
+    tool_runs: List[ToolUsingSolver] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -152,6 +155,8 @@ class PersonaEngine:
         #: forget and remember exclude each other, so a forget wins over any answer in flight
         self._remember_lock = threading.Lock()
         self._logged_errors: "OrderedDict[Tuple[str, str, str], None]" = OrderedDict()
+        #: runs the persona's tools (the skill injects its bus executor); None: no tool runs
+        self.tool_executor: Optional[ToolExecutor] = None
         self.problems: List[str] = []
         self._include_shipped = include_shipped
         self.load_personas(persona_dirs)
@@ -241,12 +246,14 @@ class PersonaEngine:
 
     def stream(self, question: str, *, session_id: str, persona: Optional[str] = None,
                lang: Optional[str] = None, speaker: Optional[Speaker] = None,
-               cancel: Optional[CancelToken] = None, remember: bool = True) -> AnswerStream:
+               cancel: Optional[CancelToken] = None, remember: bool = True,
+               tool_context: Any = None) -> AnswerStream:
         """Start answering; iterate the result for sentences as soon as each is ready.
 
         The conversation's history is always read; ``remember`` False keeps this exchange out
-        of it (an out-of-band lookup). Raises ``NoPersonaError`` when ``persona`` is unknown or
-        no persona is loaded.
+        of it (an out-of-band lookup). ``tool_context`` (the front end's, e.g. the bus request)
+        lets the persona's tools run through ``tool_executor``; without it no tool runs. Raises
+        ``NoPersonaError`` when ``persona`` is unknown or no persona is loaded.
         """
         chosen = self.find_persona(persona) if persona else self.active_persona(session_id)
         if chosen is None:
@@ -258,7 +265,7 @@ class PersonaEngine:
             LOG.warning(f"utterance of {len(question)} characters cut to {self.max_utterance_chars}")
             question = question[:self.max_utterance_chars]
         sentences = self._answer(chosen, question.strip(), session_id, user_lang, speaker or Speaker(),
-                                 token, answer, remember)
+                                 token, answer, remember, tool_context)
         return AnswerStream(answer, sentences)
 
     def resolve_lang(self, lang: Optional[str], question: str, persona: Persona) -> str:
@@ -286,7 +293,8 @@ class PersonaEngine:
         return persona.memory.resolved(self.memory_defaults)
 
     def _answer(self, persona: Persona, question: str, session_id: str, user_lang: str,
-                speaker: Speaker, token: CancelToken, answer: Answer, remember: bool = True) -> Iterator[str]:
+                speaker: Speaker, token: CancelToken, answer: Answer, remember: bool = True,
+                tool_context: Any = None) -> Iterator[str]:
         said: List[str] = []
         solver_question = question
         finished = False
@@ -313,6 +321,9 @@ class PersonaEngine:
             splitter = SentenceSplitter(user_lang)
 
             def prepare(link: ChainLink) -> SolverInput:
+                return self._with_tools(link, persona, ask(link), tool_context, answer)
+
+            def ask(link: ChainLink) -> SolverInput:
                 nonlocal solver_question
                 if self._instructed(link, persona, user_lang):
                     solver_question = question  # the persona asked to be told the language instead
@@ -353,6 +364,16 @@ class PersonaEngine:
                 interrupted = not finished or answer.result.interrupted
                 self._remember(persona, session_id, solver_question, question, said, answer, user_lang,
                                interrupted, flight)
+
+    def _with_tools(self, link: ChainLink, persona: Persona, request: SolverInput, tool_context: Any,
+                    answer: Answer) -> SolverInput:
+        """Wrap the link's solver with the persona's tools for this answer, when all three allow it."""
+        if (not persona.tools.tools or tool_context is None or self.tool_executor is None
+                or link.solver is None or not link.solver.supports_tools):
+            return request
+        solver = ToolUsingSolver(link.solver, persona.tools, self.tool_executor, tool_context)
+        answer.tool_runs.append(solver)
+        return SolverInput(request.messages, request.lang, solver=solver)
 
     def _to_user(self, sentence: str, solver_lang: Optional[str], user_lang: str, answer: Answer) -> str:
         spoken = sentence
@@ -411,6 +432,9 @@ class PersonaEngine:
         # a complete answer is remembered as the solver wrote it, so the next prompt repeats the
         # model's own text and a local model reuses its cache; a cut one as what was delivered
         solver_answer = answer.result.text if not interrupted else " ".join(said)
+        note = " ".join(run.note() for run in answer.tool_runs if run.note())
+        if note:  # the next turn's prompt says which tools were used, in one line
+            solver_answer = f"{solver_answer}\n{note}"
         try:
             with self._remember_lock:
                 if flight.forgotten:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Opti
 from .languages import FALLBACK_LANG, normalize_lang
 from .lorebook import Lorebook, parse_lorebook
 from .solvers.base import GenerationSettings
+from .tools.spec import ToolSettings, parse_tools
 
 PERSONA_SUFFIXES = (".json", ".yaml", ".yml", ".png")
 #: the chain of personas whose file names no backend (Character Cards, LoLLMs); the skill's
@@ -48,7 +49,8 @@ PLACEHOLDERS = ("name", "user", "location", "date", "time", "lang", "description
 _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 _RESERVED_KEYS = {"name", "description", "system_prompt", "context", "lang", "solvers", "handlers",
                   "generation", "memory", "thinking", "answer_instruction", "greetings",
-                  "post_history_instructions", "voice", "lorebook", "tags"}
+                  "post_history_instructions", "voice", "lorebook", "tags", "tools",
+                  "max_tool_rounds"}
 #: misspellings and other programs' names for our keys, checked before fuzzy matching
 KEY_ALIASES = {"n_predict": "max_tokens", "n_predicts": "max_tokens", "num_predict": "max_tokens",
                "max_new_tokens": "max_tokens", "max_length": "max_tokens",
@@ -120,6 +122,8 @@ class Persona:
     answer_instruction: str = ""
     #: freeform capability tags, announced in OVOS-PERSONA-1's ovos.persona.list
     tags: Tuple[str, ...] = ()
+    #: the tools the persona's model may call (see tools/spec.py), and how many rounds
+    tools: ToolSettings = field(default_factory=ToolSettings)
     #: lines said when a session switches to the persona (one picked at random)
     greetings: Tuple[str, ...] = ()
     #: a system message placed after the remembered turns, before the new question
@@ -352,6 +356,7 @@ def parse_persona(data: Any, source: str = "<persona>",
         ),
         answer_instruction=check.text(data, "answer_instruction").strip(),
         tags=tuple(tag.strip() for tag in check.strings(data.get("tags"), "tags") if tag.strip()),
+        tools=parse_tools(data.get("tools"), data.get("max_tool_rounds"), check.problem),
         greetings=tuple(line for line in check.strings(data.get("greetings"), "greetings") if line.strip()),
         post_history_instructions=check.text(data, "post_history_instructions").strip(),
         voice=dict(check.block(data, "voice")),

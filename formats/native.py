@@ -13,6 +13,8 @@ import yaml
 from ..lorebook import LoreEntry, Lorebook
 from ..persona import MemorySettings, Persona, ThinkingSettings
 from ..solvers.base import GenerationSettings
+from ..tools.spec import (ASSISTANT, ASSISTANT_DESCRIPTION, BUS, DEFAULT_MAX_TOOL_ROUNDS, DEFAULT_TOOL_TIMEOUT,
+                          TOOLBOX, ToolSpec)
 
 _ENTRY_DEFAULTS = LoreEntry(keys=(), content="")
 
@@ -40,6 +42,26 @@ def _lorebook(lorebook: Lorebook) -> Dict[str, Any]:
     return block
 
 
+def _tool(spec: ToolSpec) -> Dict[str, Any]:
+    """One tool as the persona file writes it (settings left at their default are left out)."""
+    entry: Dict[str, Any] = {"kind": spec.kind}
+    if spec.kind == TOOLBOX:
+        entry["toolbox"] = spec.toolbox
+    else:
+        entry["name"] = spec.name
+    if spec.kind == BUS:
+        entry.update(description=spec.description, parameters=_plain(spec.parameters), message=spec.message)
+        if spec.reply:
+            entry["reply"] = spec.reply
+    elif spec.kind == ASSISTANT and spec.description != ASSISTANT_DESCRIPTION:
+        entry["description"] = spec.description
+    if spec.timeout != DEFAULT_TOOL_TIMEOUT:
+        entry["timeout"] = spec.timeout
+    if spec.confirm:
+        entry["confirm"] = True
+    return entry
+
+
 def to_document(persona: Persona) -> Dict[str, Any]:
     """Return the persona as our persona document (only non-default settings)."""
     document: Dict[str, Any] = {"name": persona.name}
@@ -52,6 +74,10 @@ def to_document(persona: Persona) -> Dict[str, Any]:
         document["greetings"] = list(persona.greetings)
     if persona.tags:
         document["tags"] = list(persona.tags)
+    if persona.tools.tools:
+        document["tools"] = [_tool(spec) for spec in persona.tools.tools]
+    if persona.tools.max_rounds != DEFAULT_MAX_TOOL_ROUNDS:
+        document["max_tool_rounds"] = persona.tools.max_rounds
     document["solvers"] = list(persona.solvers)
     for solver_id in persona.solvers:
         if persona.solver_config(solver_id):

@@ -51,9 +51,12 @@ from .base import (
     SolverError,
     SolverResponseError,
     SolverUnavailable,
+    ToolDefinition,
+    ToolPlan,
 )
 from .http_transport import CHAT_SUFFIX, Call, HTTPTransport, Redactor, Retry, candidate_urls, retry
 from .sse import choice_text, first_model_id, iter_lines, iter_sse_events, parse_event_data, tool_call_names
+from .tool_wire import ToolCallAssembler
 
 __all__ = ["OpenAISolver", "candidate_urls", "iter_lines", "iter_sse_events", "render_prompt"]
 
@@ -203,6 +206,8 @@ class OpenAISolver(Solver):
         # learnt from 400 replies: the server cannot stream / rejects llama.cpp-style sampling keys
         self._no_stream = False
         self._plain_sampling = False
+        # tools are offered through the chat API only
+        self.supports_tools = self.mode == "chat"
 
     # -- public
 
@@ -227,6 +232,69 @@ class OpenAISolver(Solver):
         finally:
             unregister()
             call.close()
+
+    def plan(self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition], *, lang: str,
+             cancel: CancelToken, conversation_id: str = "") -> ToolPlan:
+        """Ask with ``tools`` offered (``tool_choice: auto``); return the text and the calls asked for.
+
+        Streamed replies are read to the end, their ``tool_calls`` deltas assembled into calls.
+        """
+        if not self.supports_tools:
+            raise SolverConfigError("openai solver: tools need mode chat")
+        cancel.raise_if_cancelled()
+        call = Call()
+        unregister = cancel.on_cancel(call.interrupt)
+        try:
+            headers = self._build_headers(conversation_id)
+            self._discover_model(headers, cancel, call)
+            offered = [tool.as_openai() for tool in tools]
+            for plan in self._http.with_retries(
+                    lambda: self._plan_attempt(messages, offered, lang, conversation_id, headers, cancel, call),
+                    cancel):
+                return plan  # type: ignore[return-value]
+            raise SolverResponseError(f"{self._redact(self.api_url)} gave no reply")
+        except SolverError as err:
+            if cancel.cancelled and not isinstance(err, SolverCancelled):
+                raise SolverCancelled("cancelled") from err
+            safe = self._redact(str(err))
+            if safe != str(err):
+                raise type(err)(safe) from err.__cause__
+            raise
+        finally:
+            unregister()
+            call.close()
+
+    def _plan_attempt(self, messages: Sequence[ChatMessage], offered: List[dict], lang: str,
+                      conversation_id: str, headers: Mapping[str, str], cancel: CancelToken,
+                      call: Call) -> Iterator[Any]:
+        while True:
+            body = self.build_body(messages, lang=lang, conversation_id=conversation_id)
+            body["tools"], body["tool_choice"] = offered, "auto"
+            response = self._http.post_discovering(body, headers, cancel, call)
+            if response.ok:
+                break
+            status, message = response.status_code, self._http.error_message(response)
+            if not self._adapt(status, message, body):
+                raise self._status_error(status, message)
+        try:
+            assembler, parts = ToolCallAssembler(), []
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if content_type == "text/event-stream" or (body["stream"] and not content_type.endswith("json")):
+                for data in iter_sse_events(iter_lines(self._http.chunks(response, cancel))):
+                    cancel.raise_if_cancelled()
+                    if data.strip() == "[DONE]":
+                        break
+                    for event in parse_event_data(data) if data.strip() else ():
+                        parts.append(choice_text(event))
+                        assembler.feed(event)
+            else:
+                payload = self._http.read_json(response, cancel)
+                parts.append(choice_text(payload))
+                assembler.feed(payload)
+            cancel.raise_if_cancelled()
+            yield ToolPlan("".join(parts), assembler.calls())
+        finally:
+            response.close()
 
     def close(self) -> None:
         """Close the HTTP session."""

@@ -14,7 +14,7 @@ from ovos_utils.log import LOG
 from ovos_skill_persona_fallback.memory import ConversationMemory
 from ovos_skill_persona_fallback.persona import Persona
 from ovos_skill_persona_fallback.solvers.base import (CancelToken, ChatMessage, Solver, SolverContext,
-                                                      SolverError)
+                                                      SolverError, ToolDefinition, ToolPlan)
 
 
 @dataclass
@@ -41,11 +41,15 @@ class ScriptedSolver(Solver):
     """Answers from a queue of scripted replies and records every call and every chunk produced."""
 
     def __init__(self, solver_id: str = "scripted", *, supports_history: bool = True,
-                 supported_langs: Optional[FrozenSet[str]] = None) -> None:
+                 supported_langs: Optional[FrozenSet[str]] = None, supports_tools: bool = False) -> None:
         super().__init__({}, SolverContext())
         self.solver_id = solver_id
         self.supports_history = supports_history
         self.supported_langs = supported_langs
+        self.supports_tools = supports_tools
+        self.plans: deque = deque()
+        self.plan_calls: List[Call] = []
+        self.offered: List[List[ToolDefinition]] = []
         self.replies: deque = deque()
         self.calls: List[Call] = []
         self.produced = 0
@@ -83,6 +87,20 @@ class ScriptedSolver(Solver):
                 raise reply.error
         finally:
             self.done.set()
+
+    def enqueue_plan(self, plan: ToolPlan) -> "ScriptedSolver":
+        """Queue what the next ``plan`` call returns (text and/or tool calls)."""
+        self.plans.append(plan)
+        return self
+
+    def plan(self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition], *, lang: str,
+             cancel: CancelToken, conversation_id: str = "") -> ToolPlan:
+        self.plan_calls.append(Call(list(messages), lang, conversation_id))
+        self.offered.append(list(tools))
+        plan = self.plans.popleft() if self.plans else ToolPlan()
+        if isinstance(plan, BaseException):
+            raise plan
+        return plan
 
     def forget(self, conversation_id: str) -> None:
         self.forgotten.append(conversation_id)

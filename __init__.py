@@ -20,6 +20,7 @@ from ovos_utils.process_utils import RuntimeRequirements
 from ovos_workshop.decorators import intent_handler
 from ovos_workshop.skills.fallback import FallbackSkill
 
+from .bus_tools import BusToolExecutor, ToolRequest, is_tool_utterance
 from .engine import EngineBusy, NoPersonaError, PersonaEngine
 from .languages import normalize_lang, ovos_lang, random_dialog
 from .memory import ConversationMemory
@@ -101,6 +102,10 @@ class PersonaFallbackSkill(FallbackSkill):
                                         translator=self._make_translator(),
                                         default_solvers=self._config["default_solvers"])
         self._apply_engine_settings()
+        self.engine.tool_executor = BusToolExecutor(
+            self.bus, self.skill_id, self._outgoing,
+            lambda message, text, lang: self._say(message, text, lang, listen=True, dialog="tool_confirm"),
+            lambda message: self.get_response(message=message, num_retries=0, wait=False))
         self.register_fallback(self.handle_fallback, self._config["priority"])
         for name, handler in (("persona.ask", self.handle_ask), ("persona.list", self.handle_list),
                               ("persona.context.inject", self.handle_context_inject),
@@ -192,11 +197,11 @@ class PersonaFallbackSkill(FallbackSkill):
         return Speaker(name=_text(context.get("speaker_name") or context.get("user_name")),
                        location=_text(city_name))
 
-    def _say(self, message: Message, text: str, lang: str, **meta: Any) -> None:
+    def _say(self, message: Message, text: str, lang: str, listen: bool = False, **meta: Any) -> None:
         """Emit one ``speak`` built from the request, so it reaches the satellite that asked."""
         if not text:
             return
-        reply = self._outgoing(message).forward("speak", {"utterance": text, "expect_response": False,
+        reply = self._outgoing(message).forward("speak", {"utterance": text, "expect_response": listen,
                                                           "lang": ovos_lang(lang),
                                                           "meta": {"skill": self.skill_id, **meta}})
         reply.context["skill_id"] = self.skill_id
@@ -231,8 +236,8 @@ class PersonaFallbackSkill(FallbackSkill):
             return None
         utterances = message.data.get("utterances") if isinstance(message.data, dict) else None
         utterance = _text(utterances[0]) if isinstance(utterances, list) and utterances else ""
-        if not utterance:
-            return None
+        if not utterance or is_tool_utterance(message):
+            return None  # nothing to answer, or a persona's own command to the assistant (no loops)
         session = self._session(message)
         summoned = getattr(session, "persona_id", None)
         if isinstance(summoned, str) and summoned.strip():
@@ -308,7 +313,8 @@ class PersonaFallbackSkill(FallbackSkill):
         timer.start()
         try:
             stream = self.engine.stream(utterance, session_id=session.session_id, persona=persona.name,
-                                        lang=lang, speaker=self._speaker(message, session))
+                                        lang=lang, speaker=self._speaker(message, session),
+                                        tool_context=ToolRequest(message, lang, session.session_id))
             try:
                 for sentence in stream:
                     with lock:
@@ -464,7 +470,8 @@ class PersonaFallbackSkill(FallbackSkill):
             return
         lang = self.engine.resolve_lang(self._lang(message, session), utterance, persona)
         stream = self.engine.stream(_text(utterance), session_id=session.session_id, persona=persona.name,
-                                    lang=lang, speaker=self._speaker(message, session))
+                                    lang=lang, speaker=self._speaker(message, session),
+                                    tool_context=ToolRequest(message, lang, session.session_id))
         try:
             for _ in stream:
                 pass

@@ -335,6 +335,11 @@ class FakeOpenAIServer:
         with self._lock:
             self._scripted.extend((path, behaviour) for behaviour in behaviours)
 
+    def clear_script(self) -> None:
+        """Drop every scripted behaviour not used yet."""
+        with self._lock:
+            self._scripted.clear()
+
     def route(self, path: str, behaviour: Behaviour) -> None:
         """Serve ``behaviour`` on every request to ``path`` that no scripted behaviour takes."""
         with self._lock:

@@ -3,7 +3,7 @@ from setuptools import setup
 
 PACKAGE = "ovos_skill_persona_fallback"
 SKILL_ID = "ovos-skill-persona-fallback.openpersona"
-SUB_PACKAGES = ["solvers"]
+SUB_PACKAGES = ["solvers", "memory"]
 # "personas/examples" is data, not a package: package_data below carries it
 
 setup(

@@ -12,20 +12,16 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Union
 
 from ovos_utils.log import LOG
 
+from .base import MAX_CONTEXT_AGE_SECONDS, MAX_CONTEXT_CHARS, MAX_CONTEXT_ENTRIES, MemoryStore, Turn
+
 IN_MEMORY = ":memory:"
 DEFAULT_DB_NAME = "conversations.db"
 BUSY_TIMEOUT_MS = 5000
-#: injected context kept per session, so a misbehaving app cannot grow it without bound
-MAX_CONTEXT_ENTRIES = 20
-MAX_CONTEXT_CHARS = 8000
-#: injected context of sessions that never came back is deleted after this long
-MAX_CONTEXT_AGE_SECONDS = 7 * 24 * 3600
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS turns (
@@ -53,31 +49,14 @@ CREATE INDEX IF NOT EXISTS contexts_by_age ON contexts (created_at);
 """
 
 
-@dataclass(frozen=True)
-class Turn:
-    """One remembered exchange.
-
-    ``question``/``answer`` are in the persona's language (what the solvers saw and said);
-    ``user_question``/``user_answer`` are what the user said and heard when translation was used.
-    """
-
-    question: str
-    answer: str
-    created_at: float
-    interrupted: bool = False
-    user_question: Optional[str] = None
-    user_answer: Optional[str] = None
-    lang: Optional[str] = None
-
-
 def default_db_path() -> Path:
     """Return the database path under the XDG data dir."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "ovos-skill-persona-fallback" / DEFAULT_DB_NAME
 
 
-class ConversationMemory:
-    """A bounded, persistent, thread-safe store of conversations."""
+class ConversationMemory(MemoryStore):
+    """The SQLite store: a bounded, persistent, thread-safe store of conversations in one file."""
 
     def __init__(self, path: Union[str, Path, None] = None,
                  clock: Callable[[], float] = time.time) -> None:

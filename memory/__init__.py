@@ -1,0 +1,8 @@
+"""Conversation memory: the store contract and its SQLite store."""
+from .base import (MAX_ACTIVE_SESSIONS, MAX_CONTEXT_AGE_SECONDS, MAX_CONTEXT_CHARS, MAX_CONTEXT_ENTRIES,
+                   MemoryStore, Turn)
+from .sqlite import BUSY_TIMEOUT_MS, DEFAULT_DB_NAME, IN_MEMORY, ConversationMemory, default_db_path
+
+__all__ = ["BUSY_TIMEOUT_MS", "DEFAULT_DB_NAME", "IN_MEMORY", "MAX_ACTIVE_SESSIONS", "MAX_CONTEXT_AGE_SECONDS",
+           "MAX_CONTEXT_CHARS", "MAX_CONTEXT_ENTRIES", "ConversationMemory", "MemoryStore", "Turn",
+           "default_db_path"]

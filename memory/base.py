@@ -70,5 +70,17 @@ class MemoryStore(ABC):
         """Delete a session's injected context; return how many pieces were removed."""
 
     @abstractmethod
+    def set_active(self, session_id: str, persona: str) -> None:
+        """Remember the session's chosen persona (bounded and aged like injected context)."""
+
+    @abstractmethod
+    def clear_active(self, session_id: str) -> None:
+        """Forget the session's chosen persona."""
+
+    @abstractmethod
+    def active(self, session_id: str) -> Optional[str]:
+        """Return the session's chosen persona, or None."""
+
+    @abstractmethod
     def close(self) -> None:
         """Close the database."""

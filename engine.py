@@ -20,7 +20,7 @@ from ovos_utils.log import LOG
 from .concurrency import FairSemaphore, QueueFull
 from .chain import ChainLink, ChainResult, Deadlines, SolverChain, SolverFailure, SolverInput
 from .languages import FALLBACK_LANG, base_lang, normalize_lang
-from .memory import ConversationMemory
+from .memory import ConversationMemory, MemoryStore
 from .persona import MemorySettings, Persona, load_personas
 from .prompt import Speaker, build_messages, with_answer_instruction
 from .solvers import create_solver, known_solver_ids
@@ -97,7 +97,7 @@ class AnswerStream:
 class PersonaEngine:
     """Personas, their chains, memory and sessions behind ask/stream/stop/forget."""
 
-    def __init__(self, persona_dirs: Iterable[Path] = (), *, memory: Optional[ConversationMemory] = None,
+    def __init__(self, persona_dirs: Iterable[Path] = (), *, memory: Optional[MemoryStore] = None,
                  default_persona: str = DEFAULT_PERSONA, include_shipped: bool = True,
                  translator: Optional[Translator] = None,
                  solver_factory: Callable = create_solver,
@@ -179,6 +179,8 @@ class PersonaEngine:
         """Return the session's active persona, else the default, else any loaded one."""
         with self._lock:
             name = self._active.get(session_id)
+        if name is None:
+            name = self._stored_active(session_id)
         return (self.find_persona(name) or self.find_persona(self.default_persona)
                 or next(iter(self.personas.values()), None))
 
@@ -187,17 +189,42 @@ class PersonaEngine:
         persona = self.find_persona(name, fuzzy=True)
         if persona is None:
             raise NoPersonaError(f"no persona called {name!r}")
-        with self._lock:
-            self._active[session_id] = persona.name
-            self._active.move_to_end(session_id)
-            while len(self._active) > self._max_sessions:
-                self._active.popitem(last=False)
+        self._cache_active(session_id, persona.name)
+        self._store_active(session_id, persona.name)
         return persona
 
     def reset_active(self, session_id: str) -> None:
         """Return the session to the default persona."""
         with self._lock:
             self._active.pop(session_id, None)
+        self._store_active(session_id, None)
+
+    def _cache_active(self, session_id: str, name: str) -> None:
+        with self._lock:
+            self._active[session_id] = name
+            self._active.move_to_end(session_id)
+            while len(self._active) > self._max_sessions:
+                self._active.popitem(last=False)
+
+    def _stored_active(self, session_id: str) -> Optional[str]:
+        """The session's persona as the memory store keeps it (across restarts); cached once found."""
+        try:
+            name = self.memory.active(session_id)
+        except Exception as err:  # memory trouble must never cost the user the answer
+            LOG.warning(f"could not read the active persona of session {session_id}: {err!r}")
+            return None
+        if name is not None:
+            self._cache_active(session_id, name)
+        return name
+
+    def _store_active(self, session_id: str, name: Optional[str]) -> None:
+        try:
+            if name is None:
+                self.memory.clear_active(session_id)
+            else:
+                self.memory.set_active(session_id, name)
+        except Exception as err:  # the in-RAM choice still holds until restart
+            LOG.warning(f"could not store the active persona of session {session_id}: {err!r}")
 
     # -- answering ---------------------------------------------------------------------------
 

@@ -32,6 +32,8 @@ setup(
     extras_require={
         "llama": ["llama-cpp-python>=0.3.16,<0.4"],
         "demo": ["ovos-messagebus>=0.0.10,<0.1"],
+        # conversation memory shared by several nodes (db_url); SQLite needs nothing extra
+        "postgres": ["psycopg[binary,pool]>=3.2,<3.4"],
         # the anchors the benchmarks compare against, pinned to the versions measured
         "bench": ["ovos-persona==0.7.1", "ovos-openai-plugin==2.0.6"],
         "test": [
@@ -43,6 +45,7 @@ setup(
             "ovos-messagebus>=0.0.10,<0.1",
             "ovoscope>=0.13,<0.14",
             "ovos-solver-failure-plugin>=0.0.3,<0.1",
+            "psycopg[binary,pool]>=3.2,<3.4",
         ],
     },
     entry_points={

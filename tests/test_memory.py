@@ -145,7 +145,7 @@ def test_locked_database_queues_turns_and_the_timer_writes_them_once_free(tmp_pa
         other.execute("ROLLBACK")
         other.close()
     deadline = time.monotonic() + 10
-    while store.pending and time.monotonic() < deadline:
+    while (store.pending or store.outage) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert store.pending == 0 and store.outage is None, "the timer writes the queue with no other call"
     fresh = ConversationMemory(path)
@@ -214,3 +214,51 @@ def test_context_of_sessions_that_never_came_back_expires():
     clock.now += MAX_CONTEXT_AGE_SECONDS + 1
     store.inject_context("here", "new context")
     assert store.context("gone") == "" and store.context("here") == "new context"
+
+
+def _engine_on(path, box):
+    from conftest import make_persona
+    from ovos_skill_persona_fallback.engine import PersonaEngine
+
+    engine = PersonaEngine(include_shipped=False, memory=ConversationMemory(path), solver_factory=box,
+                           known_solvers=None, default_persona="Ada")
+    for name in ("Ada", "Bob"):
+        engine.add_persona(make_persona(name))
+    return engine
+
+
+def test_a_new_engine_on_the_same_file_sees_the_sessions_persona(tmp_path, box):
+    path = tmp_path / "conv.db"
+    first = _engine_on(path, box)
+    assert first.set_active("kitchen", "bob").name == "Bob"
+    first.close()
+    second = _engine_on(path, box)
+    try:
+        assert second.active_persona("kitchen").name == "Bob", "the choice survives a restart"
+        assert second.active_persona("hall").name == "Ada", "other sessions keep the default"
+        second.end_conversation("kitchen")
+        assert second.active_persona("kitchen").name == "Ada"
+    finally:
+        second.close()
+    third = _engine_on(path, box)
+    try:
+        assert third.active_persona("kitchen").name == "Ada", "ending the conversation cleared the stored choice"
+    finally:
+        third.close()
+
+
+def test_active_persona_is_aged_and_bounded(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("ovos_skill_persona_fallback.memory.sqlite.MAX_ACTIVE_SESSIONS", 2)
+    store = ConversationMemory(":memory:", clock=clock)
+    store.set_active("old", "Ada")
+    clock.now += MAX_CONTEXT_AGE_SECONDS + 1
+    assert store.active("old") is None, "a choice older than the context age is not used"
+    for index, session in enumerate(("a", "b", "c")):
+        clock.now += 1
+        store.set_active(session, f"P{index}")
+    assert [store.active(s) for s in ("a", "b", "c")] == [None, "P1", "P2"], "the least recently set goes first"
+    assert store._conn.execute("SELECT COUNT(*) FROM active_personas").fetchone()[0] == 2
+    store.set_active("b", "Zed")
+    store.clear_active("c")
+    assert (store.active("b"), store.active("c")) == ("Zed", None)

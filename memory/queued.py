@@ -33,6 +33,10 @@ class StoreUnavailable(Exception):
     """The database is locked or unreachable for now; the same change may succeed later."""
 
 
+class StoreFailure(RuntimeError):
+    """The database refused a change for good (not an outage): retrying it would not help."""
+
+
 @dataclass(frozen=True)
 class Write:
     """One change for the database; ``persona`` None means "all personas" (forget) or "none" (active)."""
@@ -138,6 +142,8 @@ class QueuedStore(MemoryStore):
                 except StoreUnavailable as err:
                     self._note_outage(err)
                     return False
+                except StoreFailure as err:  # kept, it would block every later change forever
+                    LOG.error(f"dropping a waiting {self._pending[0].kind} change: {err}")
                 self._pending.popleft()
                 written += 1
             self._note_working(written)

@@ -52,14 +52,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _engine(args: argparse.Namespace):
     from .engine import PersonaEngine
-    from .memory import ConversationMemory
+    from .memory import MemoryConfigError, open_memory
     from .translation import Translator
 
     dirs: List[Path] = list(args.personas_dir or [])
     persona = args.persona
     if persona and Path(persona).suffix.lower() in (".json", ".yaml", ".yml"):
         dirs.append(Path(persona))
-    memory = ConversationMemory(args.db) if args.db else ConversationMemory()
+    try:
+        memory = open_memory(args.db or None, args.db_url or None)
+    except MemoryConfigError as err:
+        raise SystemExit(f"error: {err}") from None
     # plugins come from mycroft.conf's "language" section, loaded only if a question needs them
     engine = PersonaEngine(dirs, memory=memory, translator=Translator())
     if persona and Path(persona).suffix.lower() in (".json", ".yaml", ".yml"):
@@ -115,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--lang", help="the asker's language (default: the persona's)")
     ask.add_argument("--personas-dir", action="append", type=Path, help="extra persona folder (repeatable)")
     ask.add_argument("--db", help="conversation database (default: under XDG_DATA_HOME)")
+    ask.add_argument("--db-url", help="shared memory in PostgreSQL: postgresql://user:password@host:port/db "
+                                      "(default: $PERSONA_DB_URL, else the --db file)")
     ask.set_defaults(func=cmd_ask)
 
     demo = commands.add_parser("demo", add_help=False,

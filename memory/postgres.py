@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import psycopg
 from ovos_utils.log import LOG
 from psycopg import errors as pg_errors
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .base import MAX_ACTIVE_SESSIONS, MAX_CONTEXT_AGE_SECONDS, MAX_CONTEXT_ENTRIES, Turn
 from .queued import (ACTIVE, CLEAR_CONTEXT, CONTEXT, FORGET, MAX_PENDING_WRITES, RETRY_INTERVAL_S, TURN,
@@ -118,9 +118,16 @@ class _PoolNoise(logging.Filter):
     def __init__(self, name: str) -> None:
         super().__init__()
         self.pool_name = name
+        #: why the pool's last connection attempt failed (a pool timeout alone does not say)
+        self.last_error = ""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno <= logging.WARNING and self.pool_name in map(str, record.args or ()))
+        args = record.args if isinstance(record.args, tuple) else ()
+        if self.pool_name not in map(str, args):
+            return True
+        if str(record.msg).startswith("error connecting") and len(args) > 1:
+            self.last_error = str(args[1]).strip().splitlines()[0] if str(args[1]).strip() else ""
+        return record.levelno > logging.WARNING
 
 
 class PostgresMemory(QueuedStore):
@@ -148,7 +155,7 @@ class PostgresMemory(QueuedStore):
             check=ConnectionPool.check_connection, reconnect_timeout=RECONNECT_TIMEOUT_S)
         self._pool.open(wait=False)
         try:  # at start-up: the database may be down, which is an outage like any other
-            with self._connection(quick=False):
+            with self._connection(quick=False, reading=True):
                 pass
         except StoreUnavailable as err:
             self._note_outage(err)
@@ -161,7 +168,10 @@ class PostgresMemory(QueuedStore):
         return text.replace(self.url, self.label)
 
     def _unavailable(self, err: BaseException) -> StoreUnavailable:
-        return StoreUnavailable(self._scrub(str(err).strip().splitlines()[0] if str(err).strip() else repr(err)))
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        if isinstance(err, PoolTimeout) and self._noise.last_error:
+            reason = f"{reason}: {self._noise.last_error}"
+        return StoreUnavailable(self._scrub(reason))
 
     @contextmanager
     def _connection(self, quick: bool, reading: bool = False) -> Iterator[psycopg.Connection]:
@@ -172,7 +182,7 @@ class PostgresMemory(QueuedStore):
                 if not self._schema_ready:
                     self._migrate(conn)
                 yield conn
-        except pg_errors.TransactionRollbackError:
+        except pg_errors.TransactionRollback:
             raise  # a deadlock between nodes: the caller tries again
         except (psycopg.OperationalError, psycopg.InterfaceError) as err:
             failure = self._unavailable(err)
@@ -212,7 +222,7 @@ class PostgresMemory(QueuedStore):
             try:
                 with self._connection(quick) as conn, conn.transaction():
                     return self._change(conn, write)
-            except pg_errors.TransactionRollbackError as err:
+            except pg_errors.TransactionRollback as err:
                 if attempt == DEADLOCK_RETRIES - 1:
                     raise self._unavailable(err) from err
         return 0

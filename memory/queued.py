@@ -25,6 +25,8 @@ from .base import MAX_CONTEXT_CHARS, MAX_CONTEXT_ENTRIES, MemoryStore, Turn
 MAX_PENDING_WRITES = 1000
 #: how often waiting changes are retried when nothing else touches the store
 RETRY_INTERVAL_S = 5.0
+#: while an outage lasts, reads and writes try the database at most this often (else they use the queue)
+RETRY_GAP_S = 1.0
 
 TURN, FORGET, CONTEXT, CLEAR_CONTEXT, ACTIVE = "turn", "forget", "context", "clear_context", "active"
 
@@ -66,6 +68,7 @@ class QueuedStore(MemoryStore):
         self._pending: Deque[Write] = deque()
         self._queue_lock = threading.RLock()
         self._full_reported = False
+        self._failed_at = 0.0
         self._closed = threading.Event()
         self._retrier: Optional[threading.Thread] = None
 
@@ -111,6 +114,12 @@ class QueuedStore(MemoryStore):
             LOG.error(f"conversation database {self.label} cannot be used for now ({err}); changes wait in "
                       f"memory (up to {self.max_pending}) and are written when it works again")
         self.outage = str(err)
+        self._failed_at = time.monotonic()
+
+    def _may_try(self) -> bool:
+        """False while an outage is fresh: the call uses the queue instead of waiting on the database."""
+        gap = min(RETRY_GAP_S, self.retry_interval_s)
+        return self.outage is None or time.monotonic() - self._failed_at >= gap
 
     def _note_working(self, written: int = 0) -> None:
         if self.outage is not None and not self._pending:
@@ -158,7 +167,7 @@ class QueuedStore(MemoryStore):
 
     def _submit(self, write: Write) -> Optional[int]:
         """Write now, or queue behind earlier waiting changes; return the rows changed, None if queued."""
-        if self._pending and not self.flush():
+        if not self._may_try() or (self._pending and not self.flush()):
             with self._queue_lock:
                 self._enqueue(write)
             return None
@@ -174,6 +183,9 @@ class QueuedStore(MemoryStore):
 
     def _read(self, select: Callable[[bool], object], empty: object) -> "tuple[object, List[Write]]":
         """Run a select and take the waiting changes to merge over it (``empty`` if it fails)."""
+        if not self._may_try():
+            with self._queue_lock:
+                return empty, list(self._pending)
         if not self._pending:
             try:
                 result = select(self.outage is not None)

@@ -66,3 +66,11 @@ def test_good_values_are_taken_and_unknown_keys_ignored():
                                             DEFAULT_SETTINGS)
     assert problems == [] and effective["priority"] == 10 and effective["persona_dirs"] == ["/x"]
     assert "whatever" not in effective
+
+
+def test_a_bad_db_url_is_rejected_without_showing_its_password():
+    effective, problems = validate_settings({"db_url": "mysql://bob:hunter2@db/x"}, DEFAULT_SETTINGS)
+    assert effective["db_url"] == "" and len(problems) == 1
+    assert "hunter2" not in problems[0] and "mysql://bob:***@db/x" in problems[0]
+    good, problems = validate_settings({"db_url": "postgresql://bob:hunter2@db:5432/x"}, DEFAULT_SETTINGS)
+    assert problems == [] and good["db_url"] == "postgresql://bob:hunter2@db:5432/x"

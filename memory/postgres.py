@@ -29,7 +29,7 @@ URL_SCHEMES = ("postgresql", "postgres")
 URL_FORM = "postgresql://user:password@host:port/database"
 #: seconds to wait for a pooled connection: before a write (after the answer was spoken), before a
 #: read (the user is waiting), and while an outage lasts (retries must not hold anything up)
-WRITE_TIMEOUT_S = 5.0
+WRITE_TIMEOUT_S = 2.0
 READ_TIMEOUT_S = 2.0
 RETRY_TIMEOUT_S = 0.25
 DEFAULT_POOL_SIZE = 8
@@ -158,7 +158,7 @@ class PostgresMemory(QueuedStore):
             with self._connection(quick=False, reading=True):
                 pass
         except StoreUnavailable as err:
-            self._note_outage(err)
+            self._note_outage(err, reading=True)
 
     # -- connections -------------------------------------------------------------------------
 
@@ -270,6 +270,10 @@ class PostgresMemory(QueuedStore):
                          "ORDER BY updated_at DESC OFFSET %s)", (MAX_ACTIVE_SESSIONS,))
             return 1
         raise ValueError(f"unknown change {write.kind!r}")
+
+    def _probe(self) -> None:
+        with self._connection(quick=True):
+            pass
 
     def _select_turns(self, session_id: str, persona: str, max_turns: int, cutoff: float,
                       *, quick: bool) -> List[Turn]:

@@ -68,7 +68,8 @@ class QueuedStore(MemoryStore):
         self._pending: Deque[Write] = deque()
         self._queue_lock = threading.RLock()
         self._full_reported = False
-        self._failed_at = 0.0
+        self._write_failed_at = 0.0
+        self._read_failed_at = 0.0
         self._closed = threading.Event()
         self._retrier: Optional[threading.Thread] = None
 
@@ -102,6 +103,9 @@ class QueuedStore(MemoryStore):
     def _close(self) -> None:
         """Release the database."""
 
+    def _probe(self) -> None:
+        """Raise ``StoreUnavailable`` if a write would fail now (cheaply, holding no queue lock)."""
+
     # -- the queue ---------------------------------------------------------------------------
 
     @property
@@ -109,17 +113,23 @@ class QueuedStore(MemoryStore):
         """How many changes wait for the database."""
         return len(self._pending)
 
-    def _note_outage(self, err: StoreUnavailable) -> None:
+    def _note_outage(self, err: StoreUnavailable, reading: bool = False) -> None:
         if self.outage is None:
             LOG.error(f"conversation database {self.label} cannot be used for now ({err}); changes wait in "
                       f"memory (up to {self.max_pending}) and are written when it works again")
         self.outage = str(err)
-        self._failed_at = time.monotonic()
+        if reading:
+            self._read_failed_at = time.monotonic()
+        else:
+            self._write_failed_at = time.monotonic()
 
-    def _may_try(self) -> bool:
-        """False while an outage is fresh: the call uses the queue instead of waiting on the database."""
-        gap = min(RETRY_GAP_S, self.retry_interval_s)
-        return self.outage is None or time.monotonic() - self._failed_at >= gap
+    def _may_try(self, reading: bool = False) -> bool:
+        """False while a failure is fresh: the call uses the queue instead of waiting on the database.
+
+        Reads and writes are told apart: a locked SQLite file still serves reads.
+        """
+        failed_at = self._read_failed_at if reading else self._write_failed_at
+        return self.outage is None or time.monotonic() - failed_at >= RETRY_GAP_S
 
     def _note_working(self, written: int = 0) -> None:
         if self.outage is not None and not self._pending:
@@ -143,6 +153,12 @@ class QueuedStore(MemoryStore):
 
     def flush(self) -> bool:
         """Write the waiting changes in order; return True when none is left waiting."""
+        if self._pending and self.outage is not None:
+            try:  # outside the lock, so reads and new changes are not held up by a dead database
+                self._probe()
+            except StoreUnavailable as err:
+                self._note_outage(err)
+                return False
         with self._queue_lock:
             written = 0
             while self._pending:
@@ -183,24 +199,25 @@ class QueuedStore(MemoryStore):
 
     def _read(self, select: Callable[[bool], object], empty: object) -> "tuple[object, List[Write]]":
         """Run a select and take the waiting changes to merge over it (``empty`` if it fails)."""
-        if not self._may_try():
+        if self._pending and self._may_try():
+            self.flush()
+        if not self._may_try(reading=True):
             with self._queue_lock:
                 return empty, list(self._pending)
         if not self._pending:
             try:
                 result = select(self.outage is not None)
             except StoreUnavailable as err:
-                self._note_outage(err)
+                self._note_outage(err, reading=True)
                 return empty, []
             self._note_working()
             return result, []
-        self.flush()
         with self._queue_lock:  # the select and the snapshot agree: no change is seen twice or missed
             waiting = list(self._pending)
             try:
                 return select(True), waiting
             except StoreUnavailable as err:
-                self._note_outage(err)
+                self._note_outage(err, reading=True)
                 return empty, waiting
 
     # -- turns -------------------------------------------------------------------------------

@@ -246,6 +246,9 @@ class ConversationMemory(QueuedStore):
             conn.execute("DELETE FROM turns WHERE persona = ? AND created_at < ?",
                          (persona, now - max_age_minutes * 60))
 
+    def _probe(self) -> None:
+        self._run(lambda conn: _in_transaction(conn, lambda: 0), quick=True)
+
     def _select_turns(self, session_id: str, persona: str, max_turns: int, cutoff: float,
                       *, quick: bool) -> List[Turn]:
         def select(conn: sqlite3.Connection) -> List[Turn]:

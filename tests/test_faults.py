@@ -391,6 +391,7 @@ conn.close()
 
 def test_database_locked_by_another_process_queues_turns_and_writes_them_once_released(tmp_path, caplog):
     from ovos_skill_persona_fallback.memory import BUSY_TIMEOUT_MS
+    from ovos_skill_persona_fallback.memory.queued import RETRY_GAP_S
 
     path = tmp_path / "conv.db"
     seed_database(path)
@@ -416,6 +417,7 @@ def test_database_locked_by_another_process_queues_turns_and_writes_them_once_re
             holder.stdin.write("\n")
             holder.stdin.flush()
             assert holder.wait(10) == 0
+            time.sleep(RETRY_GAP_S)  # while an outage is fresh, calls use the queue without trying
             ask_twice(engine, bound=1.0)
         [report] = db_reports(caplog)
         assert "cannot be used for now (database is locked)" in report

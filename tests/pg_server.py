@@ -94,7 +94,7 @@ class PostgresServer:
 
         name = f"t{next(self._names)}"
         with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
+            conn.execute(f"CREATE DATABASE {name} STRATEGY FILE_COPY")  # quicker than WAL_LOG for tiny ones
         return self.url(name)
 
     def close(self) -> None:

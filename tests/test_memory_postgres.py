@@ -252,6 +252,7 @@ def test_credentials_never_reach_a_log_line_or_an_error(postgres_server: Postgre
     assert "Wrong-Pass-42" not in str(caught.value) and "persona:***@" in str(caught.value)
 
 
+@pytest.mark.slow
 def test_the_cli_asks_with_memory_in_postgresql(pg_url, tmp_path):
     env = dict(os.environ, XDG_DATA_HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path))
     persona = tmp_path / "Chat.yaml"

@@ -47,8 +47,10 @@ class PostgresServer:
 
     _names = itertools.count(1)
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, settings: str = "-c fsync=off") -> None:
         self.bindir = bindir
+        #: server settings: the tests trade durability on power loss for speed
+        self.settings = settings
         self.root = Path(tempfile.mkdtemp(prefix="persona-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
@@ -76,8 +78,7 @@ class PostgresServer:
 
     def start(self) -> None:
         """Start (or restart) the server on the same port and data."""
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   f"-c max_connections=200")
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200 {self.settings}"
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w",
                   "-t", str(START_TIMEOUT_S), "start")
 

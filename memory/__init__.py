@@ -40,5 +40,5 @@ def open_memory(db_path: Union[str, Path, None] = None, db_url: Optional[str] = 
                                 "pip install 'ovos-skill-persona-fallback[postgres]'") from err
     try:
         return PostgresMemory(db_url, **options)
-    except StoreConfigError as err:
+    except (StoreConfigError, StoreFailure) as err:  # a bad URL, or a database refusing our schema
         raise MemoryConfigError(str(err)) from None

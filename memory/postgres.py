@@ -159,6 +159,9 @@ class PostgresMemory(QueuedStore):
                 pass
         except StoreUnavailable as err:
             self._note_outage(err, reading=True)
+        except StoreFailure:  # it answers but refuses the schema (permissions): not usable at all
+            self._close()
+            raise
 
     # -- connections -------------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ class QueuedStore(MemoryStore):
         self.dropped = 0
         self._pending: Deque[Write] = deque()
         self._queue_lock = threading.RLock()
+        self._state_lock = threading.Lock()
         self._full_reported = False
         self._write_failed_at = 0.0
         self._read_failed_at = 0.0
@@ -114,10 +115,11 @@ class QueuedStore(MemoryStore):
         return len(self._pending)
 
     def _note_outage(self, err: StoreUnavailable, reading: bool = False) -> None:
-        if self.outage is None:
-            LOG.error(f"conversation database {self.label} cannot be used for now ({err}); changes wait in "
-                      f"memory (up to {self.max_pending}) and are written when it works again")
-        self.outage = str(err)
+        with self._state_lock:  # threads failing together report the outage once
+            if self.outage is None:
+                LOG.error(f"conversation database {self.label} cannot be used for now ({err}); changes wait in "
+                          f"memory (up to {self.max_pending}) and are written when it works again")
+            self.outage = str(err)
         if reading:
             self._read_failed_at = time.monotonic()
         else:
@@ -132,10 +134,13 @@ class QueuedStore(MemoryStore):
         return self.outage is None or time.monotonic() - failed_at >= RETRY_GAP_S
 
     def _note_working(self, written: int = 0) -> None:
-        if self.outage is not None and not self._pending:
-            LOG.info(f"conversation database {self.label} works again; wrote {written} waiting changes")
-            self.outage = None
-            self._full_reported = False
+        if self.outage is None:
+            return
+        with self._state_lock:
+            if self.outage is not None and not self._pending:
+                LOG.info(f"conversation database {self.label} works again; wrote {written} waiting changes")
+                self.outage = None
+                self._full_reported = False
 
     def _enqueue(self, write: Write) -> None:
         with self._queue_lock:
@@ -167,7 +172,7 @@ class QueuedStore(MemoryStore):
                 except StoreUnavailable as err:
                     self._note_outage(err)
                     return False
-                except StoreFailure as err:  # kept, it would block every later change forever
+                except StoreFailure as err:  # dropped: retrying it would block every later change forever
                     LOG.error(f"dropping a waiting {self._pending[0].kind} change: {err}")
                 self._pending.popleft()
                 written += 1
@@ -176,8 +181,9 @@ class QueuedStore(MemoryStore):
 
     def _retry_loop(self) -> None:
         while not self._closed.wait(self.retry_interval_s):
+            self.flush()  # not under the queue lock: its probe may wait on a dead database
             with self._queue_lock:
-                if self.flush():
+                if not self._pending:
                     self._retrier = None
                     return
 
@@ -207,8 +213,8 @@ class QueuedStore(MemoryStore):
         if not self._pending:
             try:
                 result = select(self.outage is not None)
-            except StoreUnavailable as err:
-                self._note_outage(err, reading=True)
+            except (StoreUnavailable, StoreFailure) as err:  # a read never costs the user the answer
+                self._note_outage(StoreUnavailable(str(err)), reading=True)
                 return empty, []
             self._note_working()
             return result, []
@@ -216,8 +222,8 @@ class QueuedStore(MemoryStore):
             waiting = list(self._pending)
             try:
                 return select(True), waiting
-            except StoreUnavailable as err:
-                self._note_outage(err, reading=True)
+            except (StoreUnavailable, StoreFailure) as err:
+                self._note_outage(StoreUnavailable(str(err)), reading=True)
                 return empty, waiting
 
     # -- turns -------------------------------------------------------------------------------
@@ -317,6 +323,9 @@ class QueuedStore(MemoryStore):
     def close(self) -> None:
         """Write what still waits if the database allows, then close it (reporting what is lost)."""
         self._closed.set()
+        retrier = self._retrier
+        if retrier is not None and retrier is not threading.current_thread():
+            retrier.join(timeout=10)
         if self._pending and not self.flush():
             LOG.error(f"conversation database {self.label} still cannot be used; "
                       f"{len(self._pending)} waiting changes are lost")

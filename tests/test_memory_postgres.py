@@ -271,3 +271,13 @@ def test_the_cli_asks_with_memory_in_postgresql(pg_url, tmp_path):
                          env=env, timeout=120)
     assert bad.returncode != 0 and "must start" not in bad.stderr
     assert "Secret-9" not in bad.stderr + bad.stdout and "is not of the form postgresql://" in bad.stderr
+
+
+def test_a_database_refusing_the_schema_is_a_clear_config_error(postgres_server: PostgresServer, pg_url):
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # a role that may connect but not create tables
+        conn.execute("CREATE ROLE visitor LOGIN PASSWORD 'Visitor-Pw-5'")
+    url = pg_url.replace(f"persona:{PASSWORD}@", "visitor:Visitor-Pw-5@")
+    with pytest.raises(MemoryConfigError) as caught:
+        open_memory(db_url=url)
+    assert "permission denied" in str(caught.value) and "Visitor-Pw-5" not in str(caught.value)
+    assert "visitor:***@" in str(caught.value)

@@ -281,3 +281,33 @@ def test_a_database_refusing_the_schema_is_a_clear_config_error(postgres_server:
         open_memory(db_url=url)
     assert "permission denied" in str(caught.value) and "Visitor-Pw-5" not in str(caught.value)
     assert "visitor:***@" in str(caught.value)
+
+
+def test_the_skill_opens_the_store_its_settings_choose(pg_url, tmp_path, monkeypatch, caplog):
+    from ovos_utils.fakebus import FakeBus
+
+    from ovos_skill_persona_fallback import SKILL_ID, PersonaFallbackSkill
+    from ovos_skill_persona_fallback.memory import ConversationMemory
+    from ovos_skill_persona_fallback.settings import DEFAULT_SETTINGS
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("PERSONA_DB_URL", raising=False)
+    engine = echo_engine(ConversationMemory(":memory:"))
+    skill = PersonaFallbackSkill(bus=FakeBus(), skill_id=SKILL_ID, engine=engine)
+    try:
+        skill._config = dict(DEFAULT_SETTINGS, db_url=pg_url)
+        store = skill._open_memory()
+        assert isinstance(store, PostgresMemory) and store.outage is None
+        store.close()
+        skill._config = dict(DEFAULT_SETTINGS, db_url="postgresql://persona:Bad-Pw-1@127.0.0.1:notaport/x",
+                             db_path=str(tmp_path / "fallback.db"))
+        with caplog.at_level(logging.INFO):
+            store = skill._open_memory()
+        assert isinstance(store, ConversationMemory) and store.path == str(tmp_path / "fallback.db")
+        store.close()
+        [line] = [r.getMessage() for r in caplog.records if "setting db_url" in r.getMessage()]
+        assert "cannot be parsed" in line and "using the SQLite file instead" in line
+        assert "Bad-Pw-1" not in "\n".join(r.getMessage() for r in caplog.records)
+    finally:
+        skill.default_shutdown()

@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--personas-dir", action="append", type=Path, help="extra persona folder (repeatable)")
     ask.add_argument("--db", help="conversation database (default: under XDG_DATA_HOME)")
     ask.add_argument("--db-url", help="shared memory in PostgreSQL: postgresql://user:password@host:port/db "
-                                      "(default: $PERSONA_DB_URL, else the --db file)")
+                                      "(default: $PERSONA_DB_URL unless --db is given)")
     ask.set_defaults(func=cmd_ask)
 
     demo = commands.add_parser("demo", add_help=False,

@@ -262,3 +262,25 @@ def test_active_persona_is_aged_and_bounded(monkeypatch):
     store.set_active("b", "Zed")
     store.clear_active("c")
     assert (store.active("b"), store.active("c")) == ("Zed", None)
+
+
+def test_a_file_locked_at_start_up_is_an_outage_not_a_reason_for_ram(tmp_path):
+    path = tmp_path / "conv.db"
+    other = sqlite3.connect(path, isolation_level=None)  # another program's file, in rollback-journal mode
+    other.execute("CREATE TABLE unrelated (x)")
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        store = ConversationMemory(path, busy_timeout_ms=50, retry_interval_s=60)
+        assert store.outage == "database is locked" and store.degraded is None
+        store.record("s", "Ada", "while locked", "a", max_turns=5)
+        assert store.pending == 1 and questions_of(store) == ["while locked"]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert store.flush() and store.outage is None
+    store.close()
+    assert questions_of(ConversationMemory(path)) == ["while locked"], "the schema was made once the lock was gone"
+
+
+def questions_of(store: ConversationMemory) -> list:
+    return [turn.question for turn in store.history("s", "Ada", max_turns=5)]

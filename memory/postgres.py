@@ -54,7 +54,8 @@ MIGRATIONS = (
         user_question TEXT,
         user_answer TEXT,
         lang TEXT,
-        interrupted BOOLEAN NOT NULL DEFAULT FALSE
+        interrupted BOOLEAN NOT NULL DEFAULT FALSE,
+        turn_key UUID UNIQUE
     );
     CREATE INDEX turns_by_conversation ON turns (session_id, persona, id);
     CREATE INDEX turns_by_age ON turns (persona, created_at);
@@ -234,11 +235,13 @@ class PostgresMemory(QueuedStore):
         now = self._clock()
         if write.kind == TURN and write.turn is not None:
             turn, session, persona = write.turn, write.session_id, write.persona
+            # the key makes a retry idempotent: the connection may drop after the server committed
             conn.execute(
                 "INSERT INTO turns (session_id, persona, created_at, question, answer, user_question, "
-                "user_answer, lang, interrupted) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "user_answer, lang, interrupted, turn_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (turn_key) DO NOTHING",
                 (session, persona, turn.created_at, turn.question, turn.answer, turn.user_question,
-                 turn.user_answer, turn.lang, turn.interrupted))
+                 turn.user_answer, turn.lang, turn.interrupted, write.key or None))
             conn.execute(
                 "DELETE FROM turns WHERE session_id = %s AND persona = %s AND id <= (SELECT id FROM turns "
                 "WHERE session_id = %s AND persona = %s ORDER BY id DESC OFFSET %s LIMIT 1)",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from abc import abstractmethod
 from collections import deque
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ class Write:
     max_turns: int = 0
     max_age_minutes: float = 0
     at: float = 0.0
+    #: the turn's identity, so a write retried after a lost commit reply is not stored twice
+    key: str = ""
 
 
 class QueuedStore(MemoryStore):
@@ -257,7 +260,7 @@ class QueuedStore(MemoryStore):
         now = self._clock()
         turn = Turn(question, answer, now, interrupted, user_question, user_answer, lang)
         self._submit(Write(TURN, session_id, persona, turn=turn, max_turns=max_turns,
-                           max_age_minutes=max_age_minutes, at=now))
+                           max_age_minutes=max_age_minutes, at=now, key=uuid.uuid4().hex))
         return True
 
     def forget(self, session_id: str, persona: Optional[str] = None) -> int:

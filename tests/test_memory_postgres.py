@@ -311,3 +311,17 @@ def test_the_skill_opens_the_store_its_settings_choose(pg_url, tmp_path, monkeyp
         assert "Bad-Pw-1" not in "\n".join(r.getMessage() for r in caplog.records)
     finally:
         skill.default_shutdown()
+
+
+def test_a_turn_written_again_after_a_lost_commit_reply_is_stored_once(pg_url):
+    from ovos_skill_persona_fallback.memory.queued import TURN, Write
+    from ovos_skill_persona_fallback.memory import Turn
+
+    store = open_memory(db_url=pg_url)
+    try:
+        write = Write(TURN, "s", "Ada", turn=Turn("q", "a", 1.0), max_turns=5, key="0" * 32)
+        store._apply(write, quick=False)
+        store._apply(write, quick=False)  # what a retry does when the reply to COMMIT never came
+        assert rows(pg_url, "SELECT question FROM turns") == [("q",)]
+    finally:
+        store.close()

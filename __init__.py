@@ -23,7 +23,7 @@ from ovos_workshop.skills.fallback import FallbackSkill
 from .bus_tools import BusToolExecutor, ToolRequest, is_tool_utterance
 from .engine import EngineBusy, NoPersonaError, PersonaEngine
 from .languages import normalize_lang, ovos_lang, random_dialog
-from .memory import ConversationMemory
+from .memory import ConversationMemory, MemoryConfigError, MemoryStore, open_memory
 from .persona import MemorySettings, Persona, fill_placeholders
 from .prompt import Speaker, placeholder_values
 from .settings import DEFAULT_SETTINGS, validate_settings
@@ -96,8 +96,7 @@ class PersonaFallbackSkill(FallbackSkill):
         for problem in problems:
             self.log.error(problem)
         if self.engine is None:
-            db_path = self._config["db_path"] or None
-            self.engine = PersonaEngine(self._config["persona_dirs"], memory=ConversationMemory(db_path),
+            self.engine = PersonaEngine(self._config["persona_dirs"], memory=self._open_memory(),
                                         default_persona=self._config["default_persona"],
                                         translator=self._make_translator(),
                                         default_solvers=self._config["default_solvers"])
@@ -116,6 +115,15 @@ class PersonaFallbackSkill(FallbackSkill):
                               ("ovos.persona.list", self.handle_persona_list)):
             self.add_event(name, handler, speak_errors=False)
         self.settings_change_callback = self.on_settings_changed
+
+    def _open_memory(self) -> MemoryStore:
+        """The store the settings choose; a db_url that cannot be used falls back to the SQLite file."""
+        db_path = self._config["db_path"] or None
+        try:
+            return open_memory(db_path, self._config["db_url"].strip() or None)
+        except MemoryConfigError as err:
+            self.log.error(f"setting db_url: {err}; using the SQLite file instead")
+            return ConversationMemory(db_path)
 
     def _make_translator(self) -> Translator:
         return Translator(translation_module=self._config["translation_module"],

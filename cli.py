@@ -100,14 +100,17 @@ def _is_persona_file(value: Optional[str]) -> bool:
 
 def _engine(args: argparse.Namespace):
     from .engine import PersonaEngine
-    from .memory import ConversationMemory
+    from .memory import MemoryConfigError, open_memory
     from .translation import Translator
 
     dirs: List[Path] = list(args.personas_dir or [])
     persona = args.persona
     if _is_persona_file(persona):
         dirs.append(Path(persona))
-    memory = ConversationMemory(args.db) if args.db else ConversationMemory()
+    try:
+        memory = open_memory(args.db or None, args.db_url or None)
+    except MemoryConfigError as err:
+        raise SystemExit(f"error: {err}") from None
     # plugins come from mycroft.conf's "language" section, loaded only if a question needs them
     engine = PersonaEngine(dirs, memory=memory, translator=Translator(), default_solvers=args.default_solvers)
     if _is_persona_file(persona):
@@ -173,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--personas-dir", action="append", type=Path, help="extra persona folder (repeatable)")
     ask.add_argument("--db", help="conversation database (default: under XDG_DATA_HOME)")
     ask.add_argument("--default-solvers", type=_default_solvers, default=list(DEFAULT_SOLVERS), help=chain_help)
+    ask.add_argument("--db-url", help="shared memory in PostgreSQL: postgresql://user:password@host:port/db "
+                                      "(default: $PERSONA_DB_URL unless --db is given)")
     ask.set_defaults(func=cmd_ask)
 
     from .models.cli import add_commands as add_model_commands

@@ -21,7 +21,7 @@ from rapidfuzz import fuzz, process
 from .concurrency import FairSemaphore, QueueFull
 from .chain import ChainLink, ChainResult, Deadlines, SolverChain, SolverFailure, SolverInput
 from .languages import FALLBACK_LANG, base_lang, normalize_lang
-from .memory import ConversationMemory
+from .memory import ConversationMemory, MemoryStore
 from .persona import DEFAULT_SOLVERS, MemorySettings, Persona, fill_placeholders, load_personas
 from .prompt import Speaker, build_messages, placeholder_values, with_answer_instruction
 from .reasoning import ThinkFilter
@@ -116,7 +116,7 @@ class AnswerStream:
 class PersonaEngine:
     """Personas, their chains, memory and sessions behind ask/stream/stop/forget."""
 
-    def __init__(self, persona_dirs: Iterable[Path] = (), *, memory: Optional[ConversationMemory] = None,
+    def __init__(self, persona_dirs: Iterable[Path] = (), *, memory: Optional[MemoryStore] = None,
                  default_persona: str = DEFAULT_PERSONA, include_shipped: bool = True,
                  translator: Optional[Translator] = None,
                  solver_factory: Callable = create_solver,
@@ -215,6 +215,8 @@ class PersonaEngine:
         """Return the session's active persona, else the default, else any loaded one."""
         with self._lock:
             name = self._active.get(session_id)
+        if name is None:
+            name = self._stored_active(session_id)
         return (self.find_persona(name) or self.find_persona(self.default_persona)
                 or next(iter(self.personas.values()), None))
 
@@ -223,11 +225,8 @@ class PersonaEngine:
         persona = self.find_persona(name, fuzzy=True)
         if persona is None:
             raise NoPersonaError(f"no persona called {name!r}")
-        with self._lock:
-            self._active[session_id] = persona.name
-            self._active.move_to_end(session_id)
-            while len(self._active) > self._max_sessions:
-                self._active.popitem(last=False)
+        self._cache_active(session_id, persona.name)
+        self._store_active(session_id, persona.name)
         return persona
 
     def greeting(self, persona: Persona, speaker: Optional[Speaker] = None, lang: str = "") -> str:
@@ -241,6 +240,34 @@ class PersonaEngine:
         """Return the session to the default persona."""
         with self._lock:
             self._active.pop(session_id, None)
+        self._store_active(session_id, None)
+
+    def _cache_active(self, session_id: str, name: str) -> None:
+        with self._lock:
+            self._active[session_id] = name
+            self._active.move_to_end(session_id)
+            while len(self._active) > self._max_sessions:
+                self._active.popitem(last=False)
+
+    def _stored_active(self, session_id: str) -> Optional[str]:
+        """The session's persona as the memory store keeps it (across restarts); cached once found."""
+        try:
+            name = self.memory.active(session_id)
+        except Exception as err:  # memory trouble must never cost the user the answer
+            LOG.warning(f"could not read the active persona of session {session_id}: {err!r}")
+            return None
+        if name is not None:
+            self._cache_active(session_id, name)
+        return name
+
+    def _store_active(self, session_id: str, name: Optional[str]) -> None:
+        try:
+            if name is None:
+                self.memory.clear_active(session_id)
+            else:
+                self.memory.set_active(session_id, name)
+        except Exception as err:  # the in-RAM choice still holds until restart
+            LOG.warning(f"could not store the active persona of session {session_id}: {err!r}")
 
     # -- answering ---------------------------------------------------------------------------
 

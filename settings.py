@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -20,6 +21,7 @@ DEFAULT_SETTINGS: Dict[str, Any] = {
     "max_age_minutes": 1440,
     "max_utterance_chars": 2000,
     "db_path": "",
+    "db_url": "",
     "default_lang": "en-us",
     "translation_module": "",
     "detection_module": "",
@@ -34,6 +36,8 @@ class _Rule:
     expected: str
     #: turns what a settings UI or a JSON file may hold into the value's own type, before the check
     convert: Optional[Callable[[Any], Any]] = None
+    #: how a rejected value is shown in the problem line (a secret is masked)
+    shown: Callable[[Any], str] = repr
 
 
 def _whole(value: Any) -> Any:
@@ -66,6 +70,11 @@ def _json_list(value: Any) -> Any:
     return value
 
 
+def _masked_url(value: Any) -> str:
+    """repr() of a database URL with any password replaced by ***."""
+    return repr(re.sub(r"(//[^/@:]*:)[^@/]*@", r"\1***@", value)) if isinstance(value, str) else repr(value)
+
+
 def _number(low: float, high: float, integer: bool = False) -> _Rule:
     kind = int if integer else (int, float)
     word = "a whole number" if integer else "a number"
@@ -95,6 +104,9 @@ _RULES: Dict[str, _Rule] = {
     "max_age_minutes": _number(0, 10 ** 7),
     "max_utterance_chars": _number(10, 100_000, integer=True),
     "db_path": _Rule(lambda v: isinstance(v, str), "a file path, or empty for the default"),
+    "db_url": _Rule(lambda v: isinstance(v, str) and (not v.strip() or v.strip().startswith(
+        ("postgresql://", "postgres://"))), "a postgresql://user:password@host:port/database URL, or empty "
+        "for SQLite", shown=_masked_url),
     "default_lang": _Rule(lambda v: isinstance(v, str) and 2 <= len(v) <= 35, "a language tag"),
     "translation_module": _Rule(lambda v: isinstance(v, str), "a plugin name, or empty for mycroft.conf's"),
     "detection_module": _Rule(lambda v: isinstance(v, str), "a plugin name, or empty for mycroft.conf's"),
@@ -121,5 +133,6 @@ def validate_settings(raw: Mapping[str, Any], previous: Mapping[str, Any]) -> Tu
         else:
             kept = previous.get(key, default)
             effective[key] = kept
-            problems.append(f"setting {key}: expected {rule.expected}, got {value!r}; keeping {kept!r}")
+            problems.append(f"setting {key}: expected {rule.expected}, got {rule.shown(value)}; "
+                            f"keeping {rule.shown(kept)}")
     return effective, problems

@@ -3,7 +3,7 @@ from setuptools import setup
 
 PACKAGE = "ovos_skill_persona_fallback"
 SKILL_ID = "ovos-skill-persona-fallback.openpersona"
-SUB_PACKAGES = ["solvers", "formats", "models", "tools"]
+SUB_PACKAGES = ["solvers", "formats", "models", "tools", "memory"]
 # "personas/examples" is data, not a package: package_data below carries it
 
 setup(
@@ -37,6 +37,8 @@ setup(
         # a skill never requires ovos-core (it is installed into core's environment); the demo and
         # the tests start their own core and messagebus
         "demo": ["ovos-core>=2.1.1,<2.2", "ovos-messagebus>=0.0.10,<0.1"],
+        # conversation memory shared by several nodes (db_url); SQLite needs nothing extra
+        "postgres": ["psycopg[binary,pool]>=3.2,<3.4"],
         # the anchors the benchmarks compare against, pinned to the versions measured
         "bench": ["ovos-persona==0.7.1", "ovos-openai-plugin==2.0.6"],
         "test": [
@@ -49,6 +51,7 @@ setup(
             "huggingface_hub>=2.0,<3",
             "ovos-messagebus>=0.0.10,<0.1",
             "ovos-solver-failure-plugin>=0.0.3,<0.1",
+            "psycopg[binary,pool]>=3.2,<3.4",
         ],
     },
     entry_points={

@@ -12,6 +12,7 @@ import pytest
 from ovos_utils.log import LOG
 
 from ovos_skill_persona_fallback.memory import ConversationMemory
+from pg_server import pg_url, postgres_server  # noqa: F401 (a real PostgreSQL for the memory store tests)
 from ovos_skill_persona_fallback.persona import Persona
 from ovos_skill_persona_fallback.solvers.base import (CancelToken, ChatMessage, Solver, SolverContext,
                                                       SolverError, ToolDefinition, ToolPlan)

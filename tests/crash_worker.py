@@ -9,6 +9,7 @@ happened when it killed the process. Commands::
     write DB PREFIX THREADS TURNS
                               wait for "go" on stdin, then THREADS threads each record TURNS
                               turns (session PREFIX-<thread>); print the count and any degradation
+                              (DB may be a postgresql:// URL)
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import threading
 from typing import Any, List
 
 from ovos_skill_persona_fallback.engine import PersonaEngine
-from ovos_skill_persona_fallback.memory import ConversationMemory
+from ovos_skill_persona_fallback.memory import ConversationMemory, MemoryStore, open_memory
 from ovos_skill_persona_fallback.persona import Persona
 
 SESSION = "crash"
@@ -63,7 +64,7 @@ def hammer(db: str, start: int) -> None:
 
 
 def write(db: str, prefix: str, threads: int, turns: int) -> None:
-    memory = ConversationMemory(db)
+    memory: MemoryStore = open_memory(db_url=db) if db.startswith("postgresql://") else ConversationMemory(db)
     report(event="ready", degraded=memory.degraded)
     if sys.stdin.readline().strip() != "go":
         return

@@ -389,8 +389,9 @@ conn.close()
 """
 
 
-def test_database_locked_by_another_process_degrades_to_ram_and_reports_once(tmp_path, caplog):
+def test_database_locked_by_another_process_queues_turns_and_writes_them_once_released(tmp_path, caplog):
     from ovos_skill_persona_fallback.memory import BUSY_TIMEOUT_MS
+    from ovos_skill_persona_fallback.memory.queued import RETRY_GAP_S
 
     path = tmp_path / "conv.db"
     seed_database(path)
@@ -406,24 +407,29 @@ def test_database_locked_by_another_process_degrades_to_ram_and_reports_once(tmp
             first_at = time.monotonic() - started
             said += list(stream)
             total = time.monotonic() - started
-            # the answer is heard at once; only the recording waits for the lock, then gives up
+            # the answer is heard at once; only the recording waits for the lock, then queues the turn
             assert said == HOW_ARE_YOU and first_at < 1.0
             assert total < BUSY_TIMEOUT_MS / 1000 + 2.0
-            ask_twice(engine, bound=1.0)  # already in RAM: no more waiting, no more reports
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        assert holder.wait(10) == 0
-        ask_twice(engine, bound=1.0)
+            ask_twice(engine, bound=1.0)  # an outage in progress: retries wait only briefly
+            assert engine.memory.pending == 3 and engine.memory.degraded is None
+            assert remembered(engine) == ["kept question"] + ["how are you"] * 3, "queued turns are read"
+            assert turns_in_file(path) == [("kept question", "kept answer")]
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            assert holder.wait(10) == 0
+            time.sleep(RETRY_GAP_S)  # while an outage is fresh, calls use the queue without trying
+            ask_twice(engine, bound=1.0)
         [report] = db_reports(caplog)
-        assert "is unusable (database is locked)" in report
-        assert engine.memory.degraded == "database is locked"
+        assert "cannot be used for now (database is locked)" in report
+        assert any("works again; wrote 3 waiting changes" in r.getMessage() for r in caplog.records)
+        assert engine.memory.degraded is None and engine.memory.outage is None and engine.memory.pending == 0
         assert remembered(engine) == ["kept question"] + ["how are you"] * 5
     finally:
         if holder.poll() is None:
             holder.kill()
             holder.wait()
         engine.close()
-    assert turns_in_file(path) == [("kept question", "kept answer")]
+    assert turns_in_file(path) == [("kept question", "kept answer")] + [("how are you", " ".join(HOW_ARE_YOU))] * 5
 
 
 def _garbage(path: Path) -> bytes:

@@ -1,8 +1,10 @@
 """Conversation memory: bounds, isolation, persistence, context, concurrency, damaged files."""
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -125,21 +127,68 @@ def test_corrupt_file_is_moved_aside_and_a_new_one_made(tmp_path, caplog):
     assert [t.question for t in ConversationMemory(path).history("s", "Ada", max_turns=5)] == ["q"]
 
 
-def test_locked_database_degrades_to_ram_and_keeps_old_turns(tmp_path, monkeypatch):
+def test_locked_database_queues_turns_and_the_timer_writes_them_once_free(tmp_path, caplog):
     path = tmp_path / "conv.db"
-    store = ConversationMemory(path)
+    store = ConversationMemory(path, busy_timeout_ms=50, retry_interval_s=0.1)
     store.record("s", "Ada", "kept", "a", max_turns=5)
-    monkeypatch.setattr("ovos_skill_persona_fallback.memory.BUSY_TIMEOUT_MS", 50)
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
-    store._conn.execute("PRAGMA busy_timeout = 50")
     try:
-        store.record("s", "Ada", "new", "b", max_turns=5)
+        for question in ("new", "newer"):
+            store.record("s", "Ada", question, "b", max_turns=5)
+        store.inject_context("s", "likes tea")
+        store.set_active("s", "Bob")
+        assert store.pending == 4 and store.outage == "database is locked" and store.degraded is None
+        assert [t.question for t in store.history("s", "Ada", max_turns=5)] == ["kept", "new", "newer"]
+        assert store.context("s") == "likes tea" and store.active("s") == "Bob"
     finally:
         other.execute("ROLLBACK")
         other.close()
-    assert store.degraded and "locked" in store.degraded
-    assert [t.question for t in store.history("s", "Ada", max_turns=5)] == ["kept", "new"]
+    deadline = time.monotonic() + 10
+    while (store.pending or store.outage) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.pending == 0 and store.outage is None, "the timer writes the queue with no other call"
+    fresh = ConversationMemory(path)
+    assert [t.question for t in fresh.history("s", "Ada", max_turns=5)] == ["kept", "new", "newer"]
+    assert fresh.context("s") == "likes tea" and fresh.active("s") == "Bob"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "database is locked" in errors[0], "one report per outage, not per turn"
+
+
+def test_a_full_queue_drops_the_oldest_change_and_warns_once(tmp_path, caplog):
+    path = tmp_path / "conv.db"
+    store = ConversationMemory(path, busy_timeout_ms=20, max_pending=3, retry_interval_s=60)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        for index in range(6):
+            store.record("s", "Ada", f"q{index}", "a", max_turns=10)
+        assert store.pending == 3 and store.dropped == 3
+        assert [t.question for t in store.history("s", "Ada", max_turns=10)] == ["q3", "q4", "q5"]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert store.flush() and [t.question for t in store.history("s", "Ada", max_turns=10)] == ["q3", "q4", "q5"]
+    assert len([r for r in caplog.records if "dropping the oldest" in r.getMessage()]) == 1
+    store.close()
+
+
+def test_forget_while_locked_hides_the_turns_at_once_and_deletes_them_later(tmp_path):
+    path = tmp_path / "conv.db"
+    store = ConversationMemory(path, busy_timeout_ms=20, retry_interval_s=60)
+    store.record("s", "Ada", "old", "a", max_turns=10)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        store.record("s", "Ada", "waiting", "a", max_turns=10)
+        assert store.forget("s") == 1, "the waiting turn; the stored one is deleted once the lock is gone"
+        store.record("s", "Ada", "after", "a", max_turns=10)
+        assert [t.question for t in store.history("s", "Ada", max_turns=10)] == ["after"]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    store.close()
+    assert [t.question for t in ConversationMemory(path).history("s", "Ada", max_turns=10)] == ["after"]
 
 
 def test_turn_dataclass_defaults():
@@ -165,3 +214,73 @@ def test_context_of_sessions_that_never_came_back_expires():
     clock.now += MAX_CONTEXT_AGE_SECONDS + 1
     store.inject_context("here", "new context")
     assert store.context("gone") == "" and store.context("here") == "new context"
+
+
+def _engine_on(path, box):
+    from conftest import make_persona
+    from ovos_skill_persona_fallback.engine import PersonaEngine
+
+    engine = PersonaEngine(include_shipped=False, memory=ConversationMemory(path), solver_factory=box,
+                           known_solvers=None, default_persona="Ada")
+    for name in ("Ada", "Bob"):
+        engine.add_persona(make_persona(name))
+    return engine
+
+
+def test_a_new_engine_on_the_same_file_sees_the_sessions_persona(tmp_path, box):
+    path = tmp_path / "conv.db"
+    first = _engine_on(path, box)
+    assert first.set_active("kitchen", "bob").name == "Bob"
+    first.close()
+    second = _engine_on(path, box)
+    try:
+        assert second.active_persona("kitchen").name == "Bob", "the choice survives a restart"
+        assert second.active_persona("hall").name == "Ada", "other sessions keep the default"
+        second.end_conversation("kitchen")
+        assert second.active_persona("kitchen").name == "Ada"
+    finally:
+        second.close()
+    third = _engine_on(path, box)
+    try:
+        assert third.active_persona("kitchen").name == "Ada", "ending the conversation cleared the stored choice"
+    finally:
+        third.close()
+
+
+def test_active_persona_is_aged_and_bounded(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("ovos_skill_persona_fallback.memory.sqlite.MAX_ACTIVE_SESSIONS", 2)
+    store = ConversationMemory(":memory:", clock=clock)
+    store.set_active("old", "Ada")
+    clock.now += MAX_CONTEXT_AGE_SECONDS + 1
+    assert store.active("old") is None, "a choice older than the context age is not used"
+    for index, session in enumerate(("a", "b", "c")):
+        clock.now += 1
+        store.set_active(session, f"P{index}")
+    assert [store.active(s) for s in ("a", "b", "c")] == [None, "P1", "P2"], "the least recently set goes first"
+    assert store._conn.execute("SELECT COUNT(*) FROM active_personas").fetchone()[0] == 2
+    store.set_active("b", "Zed")
+    store.clear_active("c")
+    assert (store.active("b"), store.active("c")) == ("Zed", None)
+
+
+def test_a_file_locked_at_start_up_is_an_outage_not_a_reason_for_ram(tmp_path):
+    path = tmp_path / "conv.db"
+    other = sqlite3.connect(path, isolation_level=None)  # another program's file, in rollback-journal mode
+    other.execute("CREATE TABLE unrelated (x)")
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        store = ConversationMemory(path, busy_timeout_ms=50, retry_interval_s=60)
+        assert store.outage == "database is locked" and store.degraded is None
+        store.record("s", "Ada", "while locked", "a", max_turns=5)
+        assert store.pending == 1 and questions_of(store) == ["while locked"]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert store.flush() and store.outage is None
+    store.close()
+    assert questions_of(ConversationMemory(path)) == ["while locked"], "the schema was made once the lock was gone"
+
+
+def questions_of(store: ConversationMemory) -> list:
+    return [turn.question for turn in store.history("s", "Ada", max_turns=5)]

@@ -85,7 +85,17 @@ def test_good_values_are_taken_and_unknown_keys_ignored():
 def test_values_from_settings_uis_are_converted(key, value, expected):
     effective, problems = validate_settings({key: value}, DEFAULT_SETTINGS)
     assert problems == [] and effective[key] == expected
+
+
 def test_default_solvers_take_ids_and_id_config_mappings():
     chain = [{"openai": {"api_url": "http://127.0.0.1:8080/v1"}}, "failure"]
     effective, problems = validate_settings({"default_solvers": chain}, DEFAULT_SETTINGS)
     assert problems == [] and effective["default_solvers"] == chain
+
+
+def test_a_bad_db_url_is_rejected_without_showing_its_password():
+    effective, problems = validate_settings({"db_url": "mysql://bob:hunter2@db/x"}, DEFAULT_SETTINGS)
+    assert effective["db_url"] == "" and len(problems) == 1
+    assert "hunter2" not in problems[0] and "mysql://bob:***@db/x" in problems[0]
+    good, problems = validate_settings({"db_url": "postgresql://bob:hunter2@db:5432/x"}, DEFAULT_SETTINGS)
+    assert problems == [] and good["db_url"] == "postgresql://bob:hunter2@db:5432/x"

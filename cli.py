@@ -202,23 +202,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # the demo has its own options; argparse would refuse those that start with "--"
         from . import demo
 
+        previous = LOG.level
         LOG.set_level("DEBUG" if verbose else "INFO")
         out, sys.stdout = sys.stdout, sys.stderr  # logs to stderr, the conversation to stdout
         try:
             return demo.main(argv[1:], out=out)
         finally:
             sys.stdout = out
+            LOG.set_level(previous)
     if verbose:
         argv.insert(0, "--verbose")
     args = build_parser().parse_args(argv)
     # OVOS's LOG writes to whatever sys.stdout is when a logger is made: keep stdout for answers
     args.out = sys.stdout
     sys.stdout = sys.stderr
+    previous = LOG.level  # main() also runs in-process (tests, embedding): leave the level as found
     LOG.set_level("DEBUG" if args.verbose else "WARNING")
     try:
         return args.func(args)
     finally:
         sys.stdout = args.out
+        LOG.set_level(previous)
 
 
 if __name__ == "__main__":

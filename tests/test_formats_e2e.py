@@ -56,11 +56,12 @@ def test_personas_without_a_backend_answer_through_the_default_chain(stack, name
     ("My Local LLM", "helpful, creative, clever, and very friendly."),
 ])
 def test_personas_with_a_model_send_their_system_prompt(stack, remote, name, system):
-    remote.script(SSEStream(sse(chat_chunk("Glad to help.")), interval=0.0))
+    # on the chat path only: a persona without a model first asks GET /models for one
+    remote.script(SSEStream(sse(chat_chunk("Glad to help.")), interval=0.0), path="/v1/chat/completions")
     switch(stack, f"e2e-{name}", name)
     before = len(remote.requests)
     messages = stack.ask("hello there", session_id=f"e2e-{name}", timeout=30)
     assert stack.spoken(messages) == ["Glad to help."]
-    [request] = remote.requests[before:]
+    [request] = [r for r in remote.requests[before:] if r.path.endswith("/chat/completions")]
     assert request.body["messages"] == [{"role": "system", "content": system},
                                         {"role": "user", "content": "hello there"}]

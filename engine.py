@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Protocol, Sequence
 
 from ovos_utils.log import LOG
 
@@ -22,9 +22,10 @@ from .chain import ChainLink, ChainResult, Deadlines, SolverChain, SolverFailure
 from .languages import FALLBACK_LANG, base_lang, normalize_lang
 from .memory import ConversationMemory
 from .persona import MemorySettings, Persona, load_personas
-from .prompt import Speaker, build_messages, with_answer_instruction
+from .prompt import Speaker, build_messages, with_answer_instruction, with_history
+from .request import AnswerRequest, usage_of
 from .solvers import create_solver, known_solver_ids
-from .solvers.base import CancelToken, ChatMessage, Role, SolverContext, SolverError
+from .solvers.base import CancelToken, ChatMessage, RequestOptions, Role, SolverContext, SolverError
 from .speech import SentenceSplitter
 
 SHIPPED_PERSONAS_DIR = Path(__file__).resolve().parent / "personas"
@@ -65,6 +66,9 @@ class Answer:
     persona: str
     sentences: List[str] = field(default_factory=list)
     result: ChainResult = field(default_factory=ChainResult)
+    #: prompt_tokens, completion_tokens, total_tokens and their source: "tokenizer" (the local
+    #: model's), "upstream" (an HTTP backend's report) or "estimate" (characters / 4)
+    usage: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -203,9 +207,17 @@ class PersonaEngine:
 
     def stream(self, question: str, *, session_id: str, persona: Optional[str] = None,
                lang: Optional[str] = None, speaker: Optional[Speaker] = None,
-               cancel: Optional[CancelToken] = None) -> AnswerStream:
+               cancel: Optional[CancelToken] = None, history: Optional[Sequence[ChatMessage]] = None,
+               client_context: str = "", generation: Optional[Mapping[str, Any]] = None,
+               raw_chunks: bool = False, remember: bool = True,
+               on_admitted: Optional[Callable[[], None]] = None) -> AnswerStream:
         """Start answering; iterate the result for sentences as soon as each is ready.
 
+        For HTTP clients: ``history`` (earlier user/assistant messages) replaces the remembered
+        turns; ``client_context`` follows the injected context in the system message;
+        ``generation`` overrides sampling keys (``REQUEST_GENERATION_KEYS``); ``raw_chunks``
+        yields the solver's chunks as they come (sentences still, when translating);
+        ``remember=False`` stores nothing; ``on_admitted`` runs once the answer got its slot.
         Raises ``NoPersonaError`` when ``persona`` is unknown or no persona is loaded.
         """
         chosen = self.find_persona(persona) if persona else self.active_persona(session_id)
@@ -217,8 +229,10 @@ class PersonaEngine:
         if len(question) > self.max_utterance_chars:
             LOG.warning(f"utterance of {len(question)} characters cut to {self.max_utterance_chars}")
             question = question[:self.max_utterance_chars]
+        request = AnswerRequest(history, client_context, RequestOptions(dict(generation or {})), raw_chunks,
+                           remember, on_admitted)
         sentences = self._answer(chosen, question.strip(), session_id, user_lang, speaker or Speaker(),
-                                 token, answer)
+                                 token, answer, request)
         return AnswerStream(answer, sentences)
 
     def resolve_lang(self, lang: Optional[str], question: str, persona: Persona) -> str:
@@ -251,8 +265,12 @@ class PersonaEngine:
                               max_age_minutes=min(ages) if ages else 0)
 
     def _answer(self, persona: Persona, question: str, session_id: str, user_lang: str,
-                speaker: Speaker, token: CancelToken, answer: Answer) -> Iterator[str]:
+                speaker: Speaker, token: CancelToken, answer: Answer,
+                request: Optional["AnswerRequest"] = None) -> Iterator[str]:
+        request = request or AnswerRequest()
         said: List[str] = []
+        delivered: List[str] = []  # raw chunks handed out (raw_chunks mode)
+        chat: List[ChatMessage] = []
         solver_question = question
         finished = False
         self._register(session_id, token)
@@ -266,11 +284,16 @@ class PersonaEngine:
             answer.result.cancelled = True
             return
         try:
+            if request.on_admitted is not None:
+                request.on_admitted()
             limits = self.memory_limits(persona)
-            history = self.memory.history(session_id, persona.name, max_turns=limits.max_turns,
-                                          max_age_minutes=limits.max_age_minutes)
-            chat = build_messages(persona, history, question, injected_context=self.memory.context(session_id),
+            history = [] if request.history is not None else self.memory.history(
+                session_id, persona.name, max_turns=limits.max_turns, max_age_minutes=limits.max_age_minutes)
+            context = "\n\n".join(part for part in (self.memory.context(session_id).strip(),
+                                                     request.client_context.strip()) if part)
+            chat = build_messages(persona, history, question, injected_context=context,
                                   speaker=speaker, lang=user_lang, now=self._clock())
+            chat = with_history(chat, request.history or ())
             translated: Dict[str, List[ChatMessage]] = {}
 
             def prepare(link: ChainLink) -> SolverInput:
@@ -278,37 +301,49 @@ class PersonaEngine:
                 target = self._solver_lang(link, persona, user_lang)
                 if target == user_lang:
                     solver_question = question
-                    return SolverInput(chat, user_lang)
+                    return SolverInput(chat, user_lang, request.options)
                 if persona.answer_instruction and link.solver is not None and link.solver.supports_history:
                     solver_question = question  # the persona asked to be told the language instead
                     return SolverInput(with_answer_instruction(chat, persona.answer_instruction, user_lang),
-                                       user_lang)
+                                       user_lang, request.options)
                 if base_lang(target) not in translated:
                     text = self.translator.translate(question, target, user_lang)  # type: ignore[union-attr]
                     translated[base_lang(target)] = chat[:-1] + [ChatMessage(Role.USER, text)]
                 solver_question = translated[base_lang(target)][-1].content
-                return SolverInput(translated[base_lang(target)], target)
+                return SolverInput(translated[base_lang(target)], target, request.options)
 
             chain = SolverChain(self._chain_links(persona))
             splitter = SentenceSplitter()
             chunks = chain.stream(prepare, cancel=token, conversation_id=session_id, result=answer.result)
+            raw = False
             for chunk in chunks:
+                # raw chunks only while no translation is needed: a translator works on sentences
+                raw = request.raw_chunks and (self.translator is None or answer.result.lang is None
+                                              or self._same(answer.result.lang, user_lang))
                 for sentence in splitter.feed(chunk):
                     said.append(sentence)
-                    yield self._to_user(sentence, answer.result.lang, user_lang, answer)
+                    spoken = self._to_user(sentence, answer.result.lang, user_lang, answer)
+                    if not raw:
+                        yield spoken
+                if raw:
+                    delivered.append(chunk)
+                    yield chunk
             if not token.cancelled:
                 for sentence in splitter.flush():
                     said.append(sentence)
-                    yield self._to_user(sentence, answer.result.lang, user_lang, answer)
+                    spoken = self._to_user(sentence, answer.result.lang, user_lang, answer)
+                    if not raw:
+                        yield spoken
             finished = not token.cancelled
         finally:
             self.admission.release()
             self._unregister(session_id, token)
-            if said:
+            answer.usage = usage_of(request.options, chat, answer.result.text)
+            if (said or delivered) and request.remember:
                 interrupted = not finished or answer.result.interrupted
                 answer.result.cancelled = answer.result.cancelled or token.cancelled
                 self._remember(persona, session_id, solver_question, question, said, answer, user_lang,
-                               interrupted)
+                               interrupted, "".join(delivered).strip() if delivered else None)
 
     def _to_user(self, sentence: str, solver_lang: Optional[str], user_lang: str, answer: Answer) -> str:
         spoken = sentence
@@ -330,12 +365,13 @@ class PersonaEngine:
         return base_lang(first) == base_lang(second)
 
     def _remember(self, persona: Persona, session_id: str, solver_question: str, user_question: str,
-                  said: Sequence[str], answer: Answer, user_lang: str, interrupted: bool) -> None:
+                  said: Sequence[str], answer: Answer, user_lang: str, interrupted: bool,
+                  delivered: Optional[str] = None) -> None:
         translated = solver_question != user_question or answer.sentences != list(said)
         limits = self.memory_limits(persona)
         # a complete answer is remembered as the solver wrote it, so the next prompt repeats the
         # model's own text and a local model reuses its cache; a cut one as what was delivered
-        solver_answer = answer.result.text if not interrupted else " ".join(said)
+        solver_answer = answer.result.text if not interrupted else (delivered or " ".join(said))
         try:
             self.memory.record(
                 session_id, persona.name, solver_question, solver_answer, interrupted=interrupted,
@@ -437,3 +473,4 @@ class PersonaEngine:
             self.stop(session_id)
         self._close_links(links)
         self.memory.close()
+

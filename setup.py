@@ -3,7 +3,7 @@ from setuptools import setup
 
 PACKAGE = "ovos_skill_persona_fallback"
 SKILL_ID = "ovos-skill-persona-fallback.openpersona"
-SUB_PACKAGES = ["solvers"]
+SUB_PACKAGES = ["solvers", "server"]
 # "personas/examples" is data, not a package: package_data below carries it
 
 setup(
@@ -32,6 +32,8 @@ setup(
     extras_require={
         "llama": ["llama-cpp-python>=0.3.16,<0.4"],
         "demo": ["ovos-messagebus>=0.0.10,<0.1"],
+        # persona-fallback serve: the OpenAI/Ollama-compatible HTTP front end
+        "server": ["fastapi>=0.110,<1", "uvicorn>=0.30,<1"],
         # the anchors the benchmarks compare against, pinned to the versions measured
         "bench": ["ovos-persona==0.7.1", "ovos-openai-plugin==2.0.6"],
         "test": [
@@ -43,6 +45,13 @@ setup(
             "ovos-messagebus>=0.0.10,<0.1",
             "ovoscope>=0.13,<0.14",
             "ovos-solver-failure-plugin>=0.0.3,<0.1",
+            # the server's tests: its own stack and the real clients that drive it
+            "fastapi>=0.110,<1",
+            "uvicorn>=0.30,<1",
+            "httpx>=0.27,<0.29",
+            "openai>=1.40,<4",
+            "ollama>=0.4,<0.7",
+            "schemathesis>=4,<5",
         ],
     },
     entry_points={

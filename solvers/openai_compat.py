@@ -50,6 +50,8 @@ from .base import (
     SolverResponseError,
     SolverTimeout,
     SolverUnavailable,
+    request_generation,
+    request_options,
 )
 
 
@@ -310,6 +312,17 @@ def _raw_chunks(raw: Any) -> Iterator[bytes]:
         yield from raw.stream(1, decode_content=True)
 
 
+def _note_usage(payload: Any) -> None:
+    """Pass an upstream's ``usage`` counts to the current request, when both exist."""
+    options = request_options()
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    if options is None or not isinstance(usage, dict):
+        return
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (prompt, completion)):
+        options.report_usage(prompt, completion, "upstream")
+
+
 def _is_timeout(err: BaseException) -> bool:
     return isinstance(err, (urllib3.exceptions.TimeoutError, requests.exceptions.Timeout, socket.timeout))
 
@@ -430,6 +443,7 @@ class OpenAISolver(Solver):
         # learnt from 400 replies: the server cannot stream / rejects llama.cpp-style sampling keys
         self._no_stream = False
         self._plain_sampling = False
+        self._no_stream_usage = False
 
     # -- public
 
@@ -464,7 +478,7 @@ class OpenAISolver(Solver):
 
     def build_body(self, messages: Sequence[ChatMessage], *, lang: str = "", conversation_id: str = "") -> dict:
         """Return the JSON body for ``messages`` as it would be sent now."""
-        settings = self.generation
+        settings = request_generation(self.generation)  # a server request may override sampling
         body: Dict[str, Any] = {
             "temperature": settings.temperature,
             "top_p": settings.top_p,
@@ -490,6 +504,10 @@ class OpenAISolver(Solver):
             body[self.prompt_key] = render_prompt(self.prompt_template, messages,
                                                   persona=self.context.persona_name, lang=lang)
         body["stream"] = self.stream_enabled and not self._no_stream
+        if body["stream"] and request_options() is not None and not self._no_stream_usage \
+                and "stream_options" not in self.extra_body:
+            # a request that reports usage (the persona server's) asks the upstream for its counts
+            body["stream_options"] = {"include_usage": True}
         if conversation_id:
             body["user"] = conversation_id
         return body
@@ -554,6 +572,10 @@ class OpenAISolver(Solver):
             return False
         lowered = message.lower()
         with self._lock:
+            if "stream_options" in body and "stream_options" in lowered:
+                LOG.info("%s rejects stream_options; not asking for usage", self._redact(self.api_url))
+                self._no_stream_usage = True
+                return True
             if body.get("stream") and "stream" in lowered:
                 LOG.info("%s cannot stream; asking for whole replies", self._redact(self.api_url))
                 self._no_stream = True
@@ -650,7 +672,9 @@ class OpenAISolver(Solver):
         if content_type == "text/event-stream" or (streaming and not content_type.endswith("json")):
             yield from self._read_sse(response, cancel)
         else:  # a server that cannot stream answers a streaming request with one JSON reply
-            text = choice_text(self._read_json(response, cancel))
+            payload = self._read_json(response, cancel)
+            _note_usage(payload)
+            text = choice_text(payload)
             if text:
                 yield text
 
@@ -662,6 +686,7 @@ class OpenAISolver(Solver):
             if not data.strip():  # "data:" keep-alives
                 continue
             for event in parse_event_data(data):
+                _note_usage(event)
                 text = choice_text(event)
                 if text:
                     cancel.raise_if_cancelled()

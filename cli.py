@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -133,6 +135,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"{'API key required' if keys and not args.no_auth else 'no API key'}", file=args.out, flush=True)
         for persona in engine.personas.values():
             print(f"  {persona.name}: {persona.description}", file=args.out, flush=True)
+        # uvicorn re-raises the stop signal once it has shut down; by then the answers in progress
+        # are cancelled and stored, so the signal just ends run() and the engine closes below
+        if threading.current_thread() is threading.main_thread():
+            for stop_signal in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(stop_signal, lambda _sig, _frame: None)
         server.run()
         return EXIT_OK
     finally:

@@ -137,10 +137,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"  {persona.name}: {persona.description}", file=args.out, flush=True)
         # uvicorn re-raises the stop signal once it has shut down; by then the answers in progress
         # are cancelled and stored, so the signal just ends run() and the engine closes below
+        previous = {}
         if threading.current_thread() is threading.main_thread():
             for stop_signal in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(stop_signal, lambda _sig, _frame: None)
-        server.run()
+                previous[stop_signal] = signal.signal(stop_signal, lambda _sig, _frame: None)
+        try:
+            server.run()
+        finally:
+            for stop_signal, handler in previous.items():
+                signal.signal(stop_signal, handler)
         return EXIT_OK
     finally:
         engine.close()

@@ -92,7 +92,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """ASGI middleware: a body over ``limit`` bytes gets 413 before any route parses it."""
+    """ASGI middleware: a body over ``limit`` bytes gets 413 before any route parses it.
+
+    Every body is read as JSON whatever its Content-Type says, as Ollama and llama.cpp's server do
+    (``curl -d`` sends a form type by default).
+    """
 
     def __init__(self, app: ASGIApp, limit: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.app = app
@@ -106,6 +110,8 @@ class BodyLimit:
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
                 await self._refuse(scope, receive, send)
                 return
+        headers = [(name, value) for name, value in scope.get("headers", []) if name != b"content-type"]
+        scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
         # read the body here (bounded), then replay it to the app
         body, more = bytearray(), True
         while more:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import sys
 import threading
@@ -141,6 +142,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if threading.current_thread() is threading.main_thread():
             for stop_signal in (signal.SIGINT, signal.SIGTERM):
                 previous[stop_signal] = signal.signal(stop_signal, lambda _sig, _frame: None)
+        # everything loaded so far lives as long as the server: keep it out of the collector's
+        # full passes, which otherwise stall answers now and then on a heap this size
+        gc.freeze()
         try:
             server.run()
         finally:

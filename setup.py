@@ -52,6 +52,7 @@ setup(
             "openai>=1.40,<4",
             "ollama>=0.4,<0.7",
             "schemathesis>=4,<5",
+            "ovos-openai-plugin>=2.0.6,<2.1",
         ],
     },
     entry_points={

@@ -332,3 +332,17 @@ def test_sixteen_concurrent_streaming_clients_each_get_their_own_answer(serve, o
     for n in range(16):
         [turn] = served.memory.history(session_of(KEY_A, f"c{n}"), "Echo", max_turns=5)
         assert (turn.question, turn.answer) == (f"q{n}", f"Answer for q{n}.")
+
+
+def test_ovos_openai_plugin_as_a_remote_solver_against_the_server(serve, openai_server):
+    engines = pytest.importorskip("ovos_solver_openai_persona.engines")
+    served = serve(echo_persona(openai_server.url))
+    openai_server.script(pieces_stream("Plugin ", "answer.", " Second ", "sentence."),
+                         pieces_stream("Whole one."))
+    solver = engines.OpenAIChatCompletionsSolver({"api_url": f"{served.url}/v1", "key": KEY_A, "model": "Echo",
+                                                  "enable_memory": False, "system_prompt": "Plugin side."})
+    spoken = list(solver.stream_chat_utterances([{"role": "user", "content": "hello"}], lang="en-us"))
+    assert spoken == ["Plugin answer.", "Second sentence."]
+    assert sent_messages(openai_server.requests[0])[-1] == ("user", "hello")
+    assert solver.get_spoken_answer("again", lang="en-us") == "Whole one."
+    assert sent_messages(openai_server.requests[1])[0] == ("system", f"{SYSTEM_PROMPT}\n\nPlugin side.")

@@ -29,4 +29,4 @@ def usage_of(options: RequestOptions, chat: Sequence[ChatMessage], text: str) ->
         prompt = sum(estimate_tokens(message.content) for message in chat)
         completion, source = estimate_tokens(text), "estimate"
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "source": source}
+            "source": source, "finish_reason": counted.get("finish_reason") if counted else None}

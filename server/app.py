@@ -125,7 +125,7 @@ def create_app(engine: PersonaEngine, keys: Optional[KeyRing] = None, *,
             chunks = openai_wire.ChatChunks(persona.name, include_usage)
             return _sse(chat_stream(run, chunks))
         text = await _watched(request, run, run.collect())
-        return openai_wire.chat_completion(persona.name, text, "stop", _usage(run))
+        return openai_wire.chat_completion(persona.name, text, openai_wire.finish_reason(_usage(run)), _usage(run))
 
     @app.post("/v1/completions")
     async def completions(body: openai_wire.CompletionRequest, request: Request,
@@ -137,7 +137,7 @@ def create_app(engine: PersonaEngine, keys: Optional[KeyRing] = None, *,
         if body.stream:
             return _sse(completion_stream(run, openai_wire.CompletionChunks(persona.name, include_usage)))
         text = await _watched(request, run, run.collect())
-        return openai_wire.text_completion(persona.name, text, "stop", _usage(run))
+        return openai_wire.text_completion(persona.name, text, openai_wire.finish_reason(_usage(run)), _usage(run))
 
     # -- conversations ---------------------------------------------------------------------
 
@@ -195,7 +195,8 @@ def create_app(engine: PersonaEngine, keys: Optional[KeyRing] = None, *,
         if body.stream:
             return StreamingResponse(ollama_stream(run, name, started), media_type="application/x-ndjson")
         text = await _watched(request, run, run.collect())
-        return ollama_wire.chat_done(name, text, "stop", _usage(run), time.monotonic() - started)
+        return ollama_wire.chat_done(name, text, openai_wire.finish_reason(_usage(run)), _usage(run),
+                                     time.monotonic() - started)
 
     return app
 

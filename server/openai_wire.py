@@ -183,6 +183,11 @@ def error_body(message: str, type_: str, code: Optional[str], param: Optional[st
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def finish_reason(usage: Dict[str, Any]) -> str:
+    """Return OpenAI's finish reason: "length" when the model hit ``max_tokens``, else "stop"."""
+    return "length" if usage.get("finish_reason") == "length" else "stop"
+
+
 def new_id(prefix: str) -> str:
     """Return a fresh response id such as ``chatcmpl-...``."""
     return f"{prefix}-{uuid.uuid4().hex[:24]}"

@@ -9,7 +9,7 @@ import time
 from typing import AsyncIterator
 
 from . import ollama_wire
-from .openai_wire import ChatChunks, CompletionChunks, error_body, sse
+from .openai_wire import ChatChunks, CompletionChunks, error_body, finish_reason, sse
 from .runs import CHUNK, END, FAILED, EngineRun
 
 FAILED_MID_STREAM = "the answer failed part way"
@@ -24,7 +24,7 @@ async def chat_stream(run: EngineRun, chunks: ChatChunks) -> AsyncIterator[bytes
         elif event.kind == FAILED:
             yield sse(error_body(FAILED_MID_STREAM, "server_error", "internal_error"))
         elif event.kind == END:
-            yield sse(chunks.finish("stop"))
+            yield sse(chunks.finish(finish_reason(event.value.usage)))
             if chunks.include_usage:
                 yield sse(chunks.usage(event.value.usage))
     yield sse("[DONE]")
@@ -38,7 +38,7 @@ async def completion_stream(run: EngineRun, chunks: CompletionChunks) -> AsyncIt
         elif event.kind == FAILED:
             yield sse(error_body(FAILED_MID_STREAM, "server_error", "internal_error"))
         elif event.kind == END:
-            yield sse(chunks.chunk("", "stop"))
+            yield sse(chunks.chunk("", finish_reason(event.value.usage)))
             if chunks.include_usage:
                 yield sse(chunks.usage(event.value.usage))
     yield sse("[DONE]")
@@ -52,5 +52,6 @@ async def ollama_stream(run: EngineRun, model: str, started: float) -> AsyncIter
         elif event.kind == FAILED:
             yield ollama_wire.ndjson(ollama_wire.error(FAILED_MID_STREAM))
         elif event.kind == END:
-            yield ollama_wire.ndjson(ollama_wire.chat_done(model, "", "stop", event.value.usage,
+            yield ollama_wire.ndjson(ollama_wire.chat_done(model, "", finish_reason(event.value.usage),
+                                                           event.value.usage,
                                                            time.monotonic() - started))

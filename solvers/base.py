@@ -179,10 +179,11 @@ class RequestOptions:
                      if key in REQUEST_GENERATION_KEYS and value is not None}
         return base.merged(overrides) if overrides else base
 
-    def report_usage(self, prompt_tokens: int, completion_tokens: int, source: str) -> None:
-        """Record the answer's token counts (called by the solver that answered)."""
+    def report_usage(self, prompt_tokens: int, completion_tokens: int, source: str,
+                     finish_reason: Optional[str] = None) -> None:
+        """Record the answer's token counts, and why it ended if known (called by the solver)."""
         self.usage = {"prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion_tokens),
-                      "source": source}
+                      "source": source, "finish_reason": finish_reason}
 
 
 _REQUEST_OPTIONS: "contextvars.ContextVar[Optional[RequestOptions]]" = contextvars.ContextVar(

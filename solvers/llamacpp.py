@@ -700,7 +700,7 @@ class LlamaCppSolver(Solver):
             stats["completion_tokens"] = completion
             options = request_options()
             if options is not None:
-                options.report_usage(len(tokens), completion, "tokenizer")
+                options.report_usage(len(tokens), completion, "tokenizer", stats["finish_reason"])
             self._remember(model, plan.rendered, tokens, conversation_id)
 
     def _remember(self, model: _LoadedModel, rendered: _Rendered, tokens: List[int], conversation_id: str) -> None:

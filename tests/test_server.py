@@ -269,6 +269,25 @@ def test_past_the_waiting_line_a_request_gets_429_with_retry_after(serve, openai
                 model="Echo", messages=[{"role": "user", "content": "sdk"}])
 
 
+def test_a_client_that_leaves_while_waiting_in_line_leaves_the_line(serve, openai_server):
+    served = serve(echo_persona(openai_server.url), max_concurrent=1, max_waiting=4)
+    openai_server.script(EndlessStream(interval=0.05))
+    auth = {"X-Api-Key": KEY_A}
+    with httpx.stream("POST", f"{served.url}/v1/chat/completions", headers=auth, timeout=20,
+                      json={"messages": [{"role": "user", "content": "hold"}], "stream": True}) as holding:
+        lines = holding.iter_lines()
+        next(lines)
+        with pytest.raises(httpx.ReadTimeout):  # waits in line, then gives up and closes
+            httpx.post(f"{served.url}/v1/chat/completions", headers=auth, timeout=0.5,
+                       json={"messages": [{"role": "user", "content": "waiting"}]})
+        deadline = time.monotonic() + 3
+        while served.engine.admission.waiting and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert served.engine.admission.waiting == 0
+        assert next(line for line in lines if "tok" in line)  # the first answer goes on
+    assert len(openai_server.requests) == 1  # the one that left never reached the model
+
+
 def test_ollama_client_chat_streamed_and_whole_and_tags(serve, openai_server):
     served = serve(echo_persona(openai_server.url))
     openai_server.script(pieces_stream("Hi ", "there."), pieces_stream("Whole reply."))

@@ -79,7 +79,8 @@ def test_disconnect_stops_the_local_model_at_once_and_keeps_the_delivered_part(s
             if len(seen) >= 4:
                 break
         closed_at = time.monotonic()
-    while served.engine.is_busy(session) and time.monotonic() - closed_at < 5:
+    lock = llama_solver(served).loaded_model.lock  # held by the model while it generates
+    while (lock.locked or served.engine.is_busy(session)) and time.monotonic() - closed_at < 5:
         time.sleep(0.005)
     stopped_after = time.monotonic() - closed_at
     print(f"local model stopped {stopped_after * 1000:.0f} ms after the client left")

@@ -21,7 +21,7 @@ from ovos_skill_persona_fallback.server.run import ServerThread  # noqa: E402
 
 KEY = "sk-fuzz-0123456789"
 #: examples per operation; about a dozen operations make it thousands in all
-EXAMPLES = 200
+EXAMPLES = 300
 
 # the schema is the app's own; it does not depend on the personas, so a bare engine describes it
 _schema_engine = PersonaEngine(include_shipped=False, memory=ConversationMemory(":memory:"), known_solvers=None)

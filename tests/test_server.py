@@ -322,7 +322,6 @@ def test_the_projects_openai_solver_uses_the_server_as_its_backend(serve, openai
     assert served.memory.count_turns(session_of(KEY_A, "node-1")) == 1
 
 
-@pytest.mark.slow
 def test_sixteen_concurrent_streaming_clients_each_get_their_own_answer(serve, openai_server):
     served = serve(echo_persona(openai_server.url))
 

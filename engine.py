@@ -230,7 +230,7 @@ class PersonaEngine:
             LOG.warning(f"utterance of {len(question)} characters cut to {self.max_utterance_chars}")
             question = question[:self.max_utterance_chars]
         request = AnswerRequest(history, client_context, RequestOptions(dict(generation or {})), raw_chunks,
-                           remember, on_admitted)
+                                remember, on_admitted)
         sentences = self._answer(chosen, question.strip(), session_id, user_lang, speaker or Speaker(),
                                  token, answer, request)
         return AnswerStream(answer, sentences)

@@ -14,13 +14,13 @@ import queue
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ovos_utils.log import LOG
 
-from .solvers.base import (CancelToken, ChatMessage, Role, Solver, SolverError,
-                           SolverTimeout, last_user_text)
+from .solvers.base import (CancelToken, ChatMessage, RequestOptions, Role, Solver, SolverError,
+                           SolverTimeout, last_user_text, use_request_options)
 
 DEFAULT_FIRST_CHUNK_TIMEOUT = 30.0
 DEFAULT_TOTAL_TIMEOUT = 120.0
@@ -74,6 +74,8 @@ class SolverInput:
     messages: Sequence[ChatMessage]
     lang: str
     solver: Optional[Solver] = None
+    #: per-request generation overrides and usage report, made current in the solver's thread
+    options: Optional[RequestOptions] = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ def _solver_worker(solver: Solver, request: SolverInput, token: CancelToken, con
                    out: "queue.Queue[Tuple[str, Any]]") -> None:
     """Drain one solver's stream into the queue; the generator is always closed."""
     stream = None
+    use_request_options(request.options)  # this thread is the solver's alone
     try:
         stream = solver.stream(request.messages, lang=request.lang, cancel=token,
                                conversation_id=conversation_id)
@@ -170,7 +173,7 @@ class SolverChain:
                 result.failures.append(SolverFailure(link.solver_id, err))
                 continue
             if not link.solver.supports_history:
-                request = SolverInput(question_only(request.messages), request.lang)
+                request = replace(request, messages=question_only(request.messages))
             yield from self._run_link(link, request, cancel, conversation_id, result)
             if result.answered or result.cancelled:
                 return

@@ -3,8 +3,11 @@ manage local models, run the demo."""
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import signal
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -148,6 +151,61 @@ def cmd_ask(args: argparse.Namespace) -> int:
         engine.close()
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the personas over HTTP until Ctrl-C / SIGTERM."""
+    try:
+        from .server.app import create_app
+        from .server.auth import KeyFileError, KeyRing, is_loopback, read_keys
+        from .server.run import PersonaServer
+    except ImportError as err:
+        print(f"error: the server needs its extra: pip install 'ovos-skill-persona-fallback[server]' ({err})",
+              file=sys.stderr)
+        return EXIT_BAD
+    from .engine import DEFAULT_PERSONA, PersonaEngine
+    from .memory import ConversationMemory
+    from .translation import Translator
+
+    try:
+        keys = read_keys(args.api_key or [], args.api_keys_file)
+    except KeyFileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD
+    if not keys and not args.no_auth and not is_loopback(args.host):
+        print(f"error: refusing to serve on {args.host} with no API key: give --api-key, --api-keys-file "
+              f"or $PERSONA_API_KEYS, or --no-auth to serve anyone who can connect", file=sys.stderr)
+        return EXIT_BAD
+    memory = ConversationMemory(args.db) if args.db else ConversationMemory()
+    engine = PersonaEngine(list(args.personas_dir or []), memory=memory, translator=Translator(),
+                           default_persona=args.default_persona or DEFAULT_PERSONA)
+    try:
+        if not engine.personas:
+            print("error: no persona could be loaded", file=sys.stderr)
+            return EXIT_BAD
+        server = PersonaServer(create_app(engine, KeyRing([] if args.no_auth else keys)), args.host, args.port)
+        shown_host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"serving on http://{shown_host}:{args.port}/v1 (OpenAI) and /api (Ollama); "
+              f"{'API key required' if keys and not args.no_auth else 'no API key'}", file=args.out, flush=True)
+        for persona in engine.personas.values():
+            print(f"  {persona.name}: {persona.description}", file=args.out, flush=True)
+        # uvicorn re-raises the stop signal once it has shut down; by then the answers in progress
+        # are cancelled and stored, so the signal just ends run() and the engine closes below
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for stop_signal in (signal.SIGINT, signal.SIGTERM):
+                previous[stop_signal] = signal.signal(stop_signal, lambda _sig, _frame: None)
+        # everything loaded so far lives as long as the server: keep it out of the collector's
+        # full passes, which otherwise stall answers now and then on a heap this size
+        gc.freeze()
+        try:
+            server.run()
+        finally:
+            for stop_signal, handler in previous.items():
+                signal.signal(stop_signal, handler)
+        return EXIT_OK
+    finally:
+        engine.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser."""
     parser = argparse.ArgumentParser(prog="persona-fallback", description=__doc__)
@@ -183,6 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     from .models.cli import add_commands as add_model_commands
 
     add_model_commands(commands)
+    serve = commands.add_parser("serve", help="serve the personas over OpenAI/Ollama-compatible HTTP")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8337, help="port (default 8337)")
+    serve.add_argument("--personas-dir", action="append", type=Path, help="extra persona folder (repeatable)")
+    serve.add_argument("--default-persona", help="persona answering requests that name no model")
+    serve.add_argument("--db", help="conversation database (default: under XDG_DATA_HOME)")
+    serve.add_argument("--api-key", action="append", help="accepted API key (repeatable; also $PERSONA_API_KEYS)")
+    serve.add_argument("--api-keys-file", type=Path, help="file of accepted API keys, one a line")
+    serve.add_argument("--no-auth", action="store_true", help="serve without keys even off loopback")
+    serve.set_defaults(func=cmd_serve)
 
     demo = commands.add_parser("demo", add_help=False,
                                help="run ovos-messagebus + ovos-core with the skill (demo --help for options)")

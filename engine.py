@@ -11,9 +11,9 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from ovos_utils.log import LOG
 from rapidfuzz import fuzz, process
@@ -23,10 +23,11 @@ from .chain import ChainLink, ChainResult, Deadlines, SolverChain, SolverFailure
 from .languages import FALLBACK_LANG, base_lang, normalize_lang
 from .memory import ConversationMemory, MemoryStore
 from .persona import DEFAULT_SOLVERS, MemorySettings, Persona, fill_placeholders, load_personas
-from .prompt import Speaker, build_messages, placeholder_values, with_answer_instruction
+from .prompt import Speaker, build_messages, placeholder_values, with_answer_instruction, with_history
 from .reasoning import ThinkFilter
+from .request import AnswerRequest, usage_of
 from .solvers import create_solver, known_solver_ids
-from .solvers.base import CancelToken, ChatMessage, Role, SolverContext, SolverError
+from .solvers.base import CancelToken, ChatMessage, RequestOptions, Role, SolverContext, SolverError
 from .speech import SentenceSplitter
 from .tools import ToolExecutor, ToolUsingSolver
 
@@ -73,6 +74,9 @@ class Answer:
     result: ChainResult = field(default_factory=ChainResult)
     #: the tool-using solvers of this answer (``used`` says which tools ran)
     tool_runs: List[ToolUsingSolver] = field(default_factory=list)
+    #: prompt_tokens, completion_tokens, total_tokens and their source: "tokenizer" (the local
+    #: model's), "upstream" (an HTTP backend's report) or "estimate" (characters / 4)
+    usage: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -274,13 +278,20 @@ class PersonaEngine:
     def stream(self, question: str, *, session_id: str, persona: Optional[str] = None,
                lang: Optional[str] = None, speaker: Optional[Speaker] = None,
                cancel: Optional[CancelToken] = None, remember: bool = True,
-               tool_context: Any = None) -> AnswerStream:
+               tool_context: Any = None, history: Optional[Sequence[ChatMessage]] = None,
+               client_context: str = "", generation: Optional[Mapping[str, Any]] = None,
+               raw_chunks: bool = False, on_admitted: Optional[Callable[[], None]] = None) -> AnswerStream:
         """Start answering; iterate the result for sentences as soon as each is ready.
 
-        The conversation's history is always read; ``remember`` False keeps this exchange out
-        of it (an out-of-band lookup). ``tool_context`` (the front end's, e.g. the bus request)
-        lets the persona's tools run through ``tool_executor``; without it no tool runs. Raises
-        ``NoPersonaError`` when ``persona`` is unknown or no persona is loaded.
+        ``remember`` False keeps this exchange out of the conversation (an out-of-band lookup;
+        the history is still read). ``tool_context`` (the front end's, e.g. the bus request)
+        lets the persona's tools run through ``tool_executor``; without it no tool runs.
+        For HTTP clients: ``history`` (earlier user/assistant messages) replaces the remembered
+        turns; ``client_context`` follows the injected context in the system message;
+        ``generation`` overrides sampling keys (``REQUEST_GENERATION_KEYS``); ``raw_chunks``
+        yields the solver's chunks as they come (sentences still, when translating);
+        ``on_admitted`` runs once the answer got its slot.
+        Raises ``NoPersonaError`` when ``persona`` is unknown or no persona is loaded.
         """
         chosen = self.find_persona(persona) if persona else self.active_persona(session_id)
         if chosen is None:
@@ -291,8 +302,10 @@ class PersonaEngine:
         if len(question) > self.max_utterance_chars:
             LOG.warning(f"utterance of {len(question)} characters cut to {self.max_utterance_chars}")
             question = question[:self.max_utterance_chars]
+        request = AnswerRequest(history, client_context, RequestOptions(dict(generation or {})), raw_chunks,
+                                remember, on_admitted, tool_context)
         sentences = self._answer(chosen, question.strip(), session_id, user_lang, speaker or Speaker(),
-                                 token, answer, remember, tool_context)
+                                 token, answer, request)
         return AnswerStream(answer, sentences)
 
     def resolve_lang(self, lang: Optional[str], question: str, persona: Persona) -> str:
@@ -320,9 +333,12 @@ class PersonaEngine:
         return persona.memory.resolved(self.memory_defaults)
 
     def _answer(self, persona: Persona, question: str, session_id: str, user_lang: str,
-                speaker: Speaker, token: CancelToken, answer: Answer, remember: bool = True,
-                tool_context: Any = None) -> Iterator[str]:
+                speaker: Speaker, token: CancelToken, answer: Answer,
+                request: Optional[AnswerRequest] = None) -> Iterator[str]:
+        request = request or AnswerRequest()
         said: List[str] = []
+        delivered: List[str] = []  # raw chunks handed out (raw_chunks mode)
+        chat: List[ChatMessage] = []
         solver_question = question
         finished = False
         flight = self._register(session_id, token, persona.name)
@@ -339,16 +355,22 @@ class PersonaEngine:
             links = self._chain_links(persona)
             self._use_links(links, +1)
         try:
+            if request.on_admitted is not None:
+                request.on_admitted()
             limits = self.memory_limits(persona)
-            history = self.memory.history(session_id, persona.name, max_turns=limits.max_turns,
-                                          max_age_minutes=limits.max_age_minutes)
-            chat = build_messages(persona, history, question, injected_context=self.memory.context(session_id),
+            history = [] if request.history is not None else self.memory.history(
+                session_id, persona.name, max_turns=limits.max_turns, max_age_minutes=limits.max_age_minutes)
+            context = "\n\n".join(part for part in (self.memory.context(session_id).strip(),
+                                                     request.client_context.strip()) if part)
+            chat = build_messages(persona, history, question, injected_context=context,
                                   speaker=speaker, lang=user_lang, now=self._clock())
+            chat = with_history(chat, request.history or ())
             translated: Dict[str, List[ChatMessage]] = {}
             splitter = SentenceSplitter(user_lang)
 
             def prepare(link: ChainLink) -> SolverInput:
-                return self._with_tools(link, persona, ask(link), tool_context, answer)
+                solver_input = replace(ask(link), options=request.options)
+                return self._with_tools(link, persona, solver_input, request.tool_context, answer)
 
             def ask(link: ChainLink) -> SolverInput:
                 nonlocal solver_question
@@ -371,26 +393,43 @@ class PersonaEngine:
             chain = SolverChain(links)
             thoughts = ThinkFilter()
             chunks = chain.stream(prepare, cancel=token, conversation_id=session_id, result=answer.result)
+            raw = False
             for chunk in chunks:
-                for sentence in splitter.feed(thoughts.feed(chunk)):
+                visible = thoughts.feed(chunk)
+                # raw chunks only while no translation is needed: a translator works on sentences
+                raw = request.raw_chunks and (self.translator is None or answer.result.lang is None
+                                              or self._same(answer.result.lang, user_lang))
+                for sentence in splitter.feed(visible):
                     said.append(sentence)
-                    yield self._to_user(sentence, answer.result.lang, user_lang, answer)
+                    spoken = self._to_user(sentence, answer.result.lang, user_lang, answer)
+                    if not raw:
+                        yield spoken
+                if raw and visible:
+                    delivered.append(visible)
+                    yield visible
             if not token.cancelled:
-                for sentence in splitter.feed(thoughts.flush()) + splitter.flush():
+                rest = thoughts.flush()
+                if raw and rest:
+                    delivered.append(rest)
+                    yield rest
+                for sentence in splitter.feed(rest) + splitter.flush():
                     said.append(sentence)
-                    yield self._to_user(sentence, answer.result.lang, user_lang, answer)
+                    spoken = self._to_user(sentence, answer.result.lang, user_lang, answer)
+                    if not raw:
+                        yield spoken
             finished = not token.cancelled
         finally:
             self.admission.release()
             self._unregister(session_id, flight)
             self._use_links(links, -1)
             self._log_failures(persona, answer.result.failures)
-            if said:
+            answer.usage = usage_of(request.options, chat, answer.result.text)
+            if said or delivered:
                 answer.result.cancelled = answer.result.cancelled or token.cancelled
-            if said and remember:
+            if (said or delivered) and request.remember:
                 interrupted = not finished or answer.result.interrupted
                 self._remember(persona, session_id, solver_question, question, said, answer, user_lang,
-                               interrupted, flight)
+                               interrupted, flight, "".join(delivered).strip() if delivered else None)
 
     def _with_tools(self, link: ChainLink, persona: Persona, request: SolverInput, tool_context: Any,
                     answer: Answer) -> SolverInput:
@@ -400,7 +439,7 @@ class PersonaEngine:
             return request
         solver = ToolUsingSolver(link.solver, persona.tools, self.tool_executor, tool_context)
         answer.tool_runs.append(solver)
-        return SolverInput(request.messages, request.lang, solver=solver)
+        return replace(request, solver=solver)
 
     def _to_user(self, sentence: str, solver_lang: Optional[str], user_lang: str, answer: Answer) -> str:
         spoken = sentence
@@ -453,12 +492,12 @@ class PersonaEngine:
 
     def _remember(self, persona: Persona, session_id: str, solver_question: str, user_question: str,
                   said: Sequence[str], answer: Answer, user_lang: str, interrupted: bool,
-                  flight: _Flight) -> None:
+                  flight: _Flight, delivered: Optional[str] = None) -> None:
         translated = solver_question != user_question or answer.sentences != list(said)
         limits = self.memory_limits(persona)
         # a complete answer is remembered as the solver wrote it, so the next prompt repeats the
         # model's own text and a local model reuses its cache; a cut one as what was delivered
-        solver_answer = answer.result.text if not interrupted else " ".join(said)
+        solver_answer = answer.result.text if not interrupted else (delivered or " ".join(said))
         note = " ".join(run.note() for run in answer.tool_runs if run.note())
         if note:  # the next turn's prompt says which tools were used, in one line
             solver_answer = f"{solver_answer}\n{note}"

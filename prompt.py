@@ -86,3 +86,16 @@ def with_answer_instruction(messages: Sequence[ChatMessage], instruction: str, l
     if messages and messages[0].role is Role.SYSTEM:
         return [ChatMessage(Role.SYSTEM, f"{messages[0].content}\n\n{line}")] + list(messages[1:])
     return [ChatMessage(Role.SYSTEM, line)] + list(messages)
+
+
+def with_history(messages: Sequence[ChatMessage], history: Sequence[ChatMessage]) -> List[ChatMessage]:
+    """Return the chat with a client's earlier turns put after the system message."""
+    if not history:
+        return list(messages)
+    head = 1 if messages and messages[0].role is Role.SYSTEM else 0
+    return list(messages[:head]) + list(history) + list(messages[head:])
+
+
+def estimate_tokens(text: str) -> int:
+    """Estimate a text's token count (about four characters a token) where no tokenizer counts."""
+    return (len(text) + 3) // 4 if text else 0

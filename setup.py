@@ -3,7 +3,7 @@ from setuptools import setup
 
 PACKAGE = "ovos_skill_persona_fallback"
 SKILL_ID = "ovos-skill-persona-fallback.openpersona"
-SUB_PACKAGES = ["solvers", "formats", "models", "tools", "memory"]
+SUB_PACKAGES = ["solvers", "formats", "models", "tools", "memory", "server"]
 # "personas/examples" is data, not a package: package_data below carries it
 
 setup(
@@ -39,6 +39,8 @@ setup(
         "demo": ["ovos-core>=2.1.1,<2.2", "ovos-messagebus>=0.0.10,<0.1"],
         # conversation memory shared by several nodes (db_url); SQLite needs nothing extra
         "postgres": ["psycopg[binary,pool]>=3.2,<3.4"],
+        # persona-fallback serve: the OpenAI/Ollama-compatible HTTP front end
+        "server": ["fastapi>=0.110,<1", "uvicorn>=0.30,<1"],
         # the anchors the benchmarks compare against, pinned to the versions measured
         "bench": ["ovos-persona==0.7.1", "ovos-openai-plugin==2.0.6"],
         "test": [
@@ -52,6 +54,14 @@ setup(
             "ovos-messagebus>=0.0.10,<0.1",
             "ovos-solver-failure-plugin>=0.0.3,<0.1",
             "psycopg[binary,pool]>=3.2,<3.4",
+            # the server's tests: its own stack and the real clients that drive it
+            "fastapi>=0.110,<1",
+            "uvicorn>=0.30,<1",
+            "httpx>=0.27,<0.29",
+            "openai>=1.40,<4",
+            "ollama>=0.4,<0.7",
+            "schemathesis>=4,<5",
+            "ovos-openai-plugin>=2.0.6,<2.1",
         ],
     },
     entry_points={

@@ -15,11 +15,12 @@ Error tree::
 """
 from __future__ import annotations
 
+import contextvars
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, FrozenSet, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, Mapping, Optional, Sequence, Tuple
 
 
 class SolverError(Exception):
@@ -197,6 +198,55 @@ class GenerationSettings:
             stop = known["stop"]
             known["stop"] = (stop,) if isinstance(stop, str) else tuple(stop or ())
         return GenerationSettings(**{**self.__dict__, **known})
+
+
+#: generation keys a request may override (``RequestOptions.generation``)
+REQUEST_GENERATION_KEYS = ("temperature", "top_p", "max_tokens", "seed", "stop")
+
+
+@dataclass
+class RequestOptions:
+    """One request's generation overrides, and the token counts the answering solver reports back.
+
+    The chain makes it current in the solver's worker thread (``request_options()``), so solvers
+    that honour overrides or count tokens read it there and the ``stream`` signature stays as is.
+    """
+
+    generation: Mapping[str, Any] = field(default_factory=dict)
+    #: ``prompt_tokens``, ``completion_tokens`` and ``source`` ("tokenizer" or "upstream")
+    usage: Dict[str, Any] = field(default_factory=dict)
+
+    def settings(self, base: GenerationSettings) -> GenerationSettings:
+        """Return ``base`` with this request's overrides applied."""
+        overrides = {key: value for key, value in self.generation.items()
+                     if key in REQUEST_GENERATION_KEYS and value is not None}
+        return base.merged(overrides) if overrides else base
+
+    def report_usage(self, prompt_tokens: int, completion_tokens: int, source: str,
+                     finish_reason: Optional[str] = None) -> None:
+        """Record the answer's token counts, and why it ended if known (called by the solver)."""
+        self.usage = {"prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion_tokens),
+                      "source": source, "finish_reason": finish_reason}
+
+
+_REQUEST_OPTIONS: "contextvars.ContextVar[Optional[RequestOptions]]" = contextvars.ContextVar(
+    "persona_request_options", default=None)
+
+
+def request_options() -> Optional[RequestOptions]:
+    """Return the options of the request the current solver thread is answering, if any."""
+    return _REQUEST_OPTIONS.get()
+
+
+def use_request_options(options: Optional[RequestOptions]) -> None:
+    """Make ``options`` current for this thread's context (the chain's solver worker calls it)."""
+    _REQUEST_OPTIONS.set(options)
+
+
+def request_generation(base: GenerationSettings) -> GenerationSettings:
+    """Return ``base`` with the current request's overrides, if a request has any."""
+    options = _REQUEST_OPTIONS.get()
+    return options.settings(base) if options is not None else base
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ from ..models.hub import resolve_model
 from ..models.refs import is_hub_ref
 
 from .base import (CancelToken, ChatMessage, GenerationSettings, Role, Solver, SolverConfigError,
-                   SolverContext, SolverUnavailable)
+                   SolverContext, SolverUnavailable, request_generation, request_options)
 
 MODEL_ENV = "PERSONA_MODEL"
 GGUF_MAGIC = b"GGUF"
@@ -635,7 +635,7 @@ class LlamaCppSolver(Solver):
     def _answer(self, model: _LoadedModel, messages: Sequence[ChatMessage], cancel: CancelToken,
                 conversation_id: str) -> Iterator[str]:
         llama = model.llama
-        settings = self.generation
+        settings = request_generation(self.generation)  # a server request may override sampling
         plan = self._plan(model, messages, settings.max_tokens)
         restored = self._switch_conversation(model, conversation_id)
         tokens = self._splice(model, plan.rendered)
@@ -702,6 +702,9 @@ class LlamaCppSolver(Solver):
             if generator is not None:
                 generator.close()  # no token is evaluated after this
             stats["completion_tokens"] = completion
+            options = request_options()
+            if options is not None:
+                options.report_usage(len(tokens), completion, "tokenizer", stats["finish_reason"])
             self._remember(model, plan.rendered, tokens, conversation_id)
 
     def _remember(self, model: _LoadedModel, rendered: _Rendered, tokens: List[int], conversation_id: str) -> None:

@@ -53,6 +53,8 @@ from .base import (
     SolverUnavailable,
     ToolDefinition,
     ToolPlan,
+    request_generation,
+    request_options,
 )
 from .http_transport import CHAT_SUFFIX, Call, HTTPTransport, Redactor, Retry, candidate_urls, retry
 from .sse import choice_text, first_model_id, iter_lines, iter_sse_events, parse_event_data, tool_call_names
@@ -105,6 +107,17 @@ def render_prompt(template: str, messages: Sequence[ChatMessage], *, persona: st
     history = "".join(f"{_LABELS[m.role]}: {m.content}\n" for m in messages[:last_user] if m.role in _LABELS)
     return template.format(system=system, history=history, question=question,
                            persona=persona, lang=lang).lstrip("\n")
+
+
+def _note_usage(payload: Any) -> None:
+    """Pass an upstream's ``usage`` counts to the current request, when both exist."""
+    options = request_options()
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    if options is None or not isinstance(usage, dict):
+        return
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (prompt, completion)):
+        options.report_usage(prompt, completion, "upstream")
 
 
 
@@ -208,6 +221,7 @@ class OpenAISolver(Solver):
         self._plain_sampling = False
         # tools are offered through the chat API only
         self.supports_tools = self.mode == "chat"
+        self._no_stream_usage = False
 
     # -- public
 
@@ -308,7 +322,7 @@ class OpenAISolver(Solver):
 
     def build_body(self, messages: Sequence[ChatMessage], *, lang: str = "", conversation_id: str = "") -> dict:
         """Return the JSON body for ``messages`` as it would be sent now."""
-        settings = self.generation
+        settings = request_generation(self.generation)  # a server request may override sampling
         body: Dict[str, Any] = {
             "temperature": settings.temperature,
             "top_p": settings.top_p,
@@ -336,6 +350,10 @@ class OpenAISolver(Solver):
             body[self.prompt_key] = render_prompt(self.prompt_template, messages,
                                                   persona=self.context.persona_name, lang=lang)
         body["stream"] = self.stream_enabled and not self._no_stream
+        if body["stream"] and request_options() is not None and not self._no_stream_usage \
+                and "stream_options" not in self.extra_body:
+            # a request that reports usage (the persona server's) asks the upstream for its counts
+            body["stream_options"] = {"include_usage": True}
         if conversation_id:
             body["user"] = conversation_id
         return body
@@ -410,6 +428,10 @@ class OpenAISolver(Solver):
             return False
         lowered = message.lower()
         with self._lock:
+            if "stream_options" in body and "stream_options" in lowered:
+                LOG.info("%s rejects stream_options; not asking for usage", self._redact(self.api_url))
+                self._no_stream_usage = True
+                return True
             if body.get("stream") and "stream" in lowered:
                 LOG.info("%s cannot stream; asking for whole replies", self._redact(self.api_url))
                 self._no_stream = True
@@ -466,6 +488,7 @@ class OpenAISolver(Solver):
             yield from self._read_sse(response, cancel, tools)
         else:  # a server that cannot stream answers a streaming request with one JSON reply
             payload = self._http.read_json(response, cancel)
+            _note_usage(payload)
             text = choice_text(payload)
             tools.extend(tool_call_names(payload))
             if text:
@@ -479,6 +502,7 @@ class OpenAISolver(Solver):
             if not data.strip():  # "data:" keep-alives
                 continue
             for event in parse_event_data(data):
+                _note_usage(event)
                 text = choice_text(event)
                 tools.extend(tool_call_names(event))
                 if text:

@@ -44,6 +44,8 @@ class LoadedModel:
         self.saved: "OrderedDict[str, SavedState]" = OrderedDict()
         #: guards ``saved`` and ``live.conversation_id`` for forget() from other threads
         self.books = threading.Lock()
+        #: the template refuses a system message or unordered roles: merge them (llama_prompt.render)
+        self.merge_roles = False
         self.n_ctx = int(llama.n_ctx())
         self._pieces: Dict[Tuple[int, bool], bytes] = {}
         metadata = getattr(llama, "metadata", {}) or {}
@@ -159,6 +161,12 @@ def default_llama_factory(**kwargs: Any) -> Any:
 def load_llama(factory: LlamaFactory, path: Path, kwargs: Dict[str, Any]) -> Any:
     """Call ``factory(**kwargs)``; llama.cpp's load failures become a ``SolverUnavailable`` naming the file."""
     try:
+        from jinja2 import TemplateError
+    except ImportError:  # no jinja2, no templates compiled at load
+        TemplateError = ValueError  # noqa: N806
+    try:
         return factory(**kwargs)
+    except TemplateError as err:  # the GGUF's chat template does not compile
+        raise SolverConfigError(f"the chat template in {path} is broken: {err}") from err
     except (ValueError, RuntimeError, OSError) as err:
         raise SolverUnavailable(f"llama.cpp could not load {path}: {err}") from err

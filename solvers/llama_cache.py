@@ -24,11 +24,15 @@ from __future__ import annotations
 import ctypes
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from .llama_models import LoadedModel
     from .llama_prompt import Rendered
+
+
+#: a context shift is worth it only when at least this many cached tokens follow the dropped span
+MIN_SHIFT_RUN = 8
 
 
 @dataclass
@@ -121,48 +125,124 @@ def forget(model: "LoadedModel", conversation_id: str) -> None:
             model.live.conversation_id = ""
 
 
+class _PromptMap:
+    """Where a new prompt's text lies and where its special tokens are, for piece-by-piece checks."""
+
+    def __init__(self, model: "LoadedModel", rendered: "Rendered") -> None:
+        self.model = model
+        self.text: bytes = rendered.text or b""
+        self.ok = rendered.text is not None
+        offsets, position = [], 0
+        for token in rendered.tokens:
+            offsets.append(position)
+            position += len(model.piece(token))
+        # the tokens must spell the text back exactly, or nothing is reused: do not guess
+        self.ok = self.ok and position == len(self.text)
+        self.specials = {offsets[i]: (offsets[i] + len(model.piece(t)), t)
+                         for i, t in enumerate(rendered.tokens) if model.is_special(t)}
+        self.starts = sorted(self.specials)
+
+    def straddles(self, position: int) -> bool:
+        """True when a special token of the prompt starts before ``position`` and ends after it."""
+        at = bisect_right(self.starts, position - 1) - 1
+        return at >= 0 and self.specials[self.starts[at]][0] > position
+
+    def _inside_special(self, begin: int, end: int) -> bool:
+        at = bisect_right(self.starts, end - 1) - 1  # last special starting before ``end``
+        return at >= 0 and self.specials[self.starts[at]][0] > begin
+
+    def walk(self, tokens: Sequence[int], count: int, position: int) -> Tuple[int, int]:
+        """Follow ``tokens`` from index ``count`` while they spell the text from byte ``position`` on.
+
+        Never across a special token of the template: a cached special token must be one in the
+        new prompt, and a cached text token must not cover part of one.
+        """
+        model, text = self.model, self.text
+        while count < len(tokens):
+            token = tokens[count]
+            piece = model.piece(token)
+            end = position + len(piece)
+            if not piece or not text.startswith(piece, position):
+                break
+            if model.is_special(token):
+                if self.specials.get(position) != (end, token):
+                    break
+            elif self._inside_special(position, end):
+                break
+            count, position = count + 1, end
+        return count, position
+
+
+def drop_span(model: "LoadedModel", rendered: "Rendered") -> int:
+    """Context shift: remove from the KV cache a span of cached tokens the new prompt no longer has.
+
+    A conversation longer than its memory window loses its oldest turn from the prompt, which
+    changes everything after the system message; without this every such turn re-evaluates the
+    whole history. The span is found where the cached tokens stop spelling the new prompt, and
+    ends where a later run of cached tokens spells it again; llama.cpp removes it and shifts the
+    later positions down (RoPE models re-rotate their keys). Return the number of tokens removed.
+    """
+    base = model.live
+    if (not model.can_shift or not model.splice_ok or base is None or not base.tokens
+            or rendered.text is None or model.llama.n_tokens != len(base.tokens)):
+        return 0
+    prompt = _PromptMap(model, rendered)
+    if not prompt.ok:
+        return 0
+    tokens = base.tokens
+    diverged, _ = prompt.walk(tokens, 0, 0)
+    if diverged >= len(tokens):
+        return 0  # the new prompt extends the cache: nothing to drop
+    starts, position = [], 0
+    for index, token in enumerate(tokens[:diverged + 1]):
+        starts.append(position)
+        position += len(model.piece(token))
+    # cut where the turn that diverged begins (its special marker) or right at the divergence
+    cuts = [diverged] + [i for i in range(diverged, 0, -1) if model.is_special(tokens[i])][:3]
+    best, best_reuse = None, diverged
+    for cut in cuts:
+        at = starts[cut]
+        if prompt.straddles(at):
+            continue
+        for resume in range(cut + 1, len(tokens)):
+            end, _ = prompt.walk(tokens, resume, at) if model.piece(tokens[resume]) else (resume, at)
+            run = end - resume
+            if run >= MIN_SHIFT_RUN and cut + run > best_reuse:
+                best, best_reuse = (cut, resume), cut + run
+    if best is None:
+        return 0
+    cut, resume = best
+    lib, llama = model.lib, model.llama
+    memory = lib.llama_get_memory(llama.ctx)
+    if not lib.llama_memory_seq_rm(memory, 0, cut, resume):
+        model.reset()
+        return 0
+    lib.llama_memory_seq_add(memory, 0, resume, -1, cut - resume)
+    kept = list(tokens[:cut]) + list(tokens[resume:])
+    llama.input_ids[:len(kept)] = kept
+    llama.n_tokens = len(kept)
+    model.live = Transcript(base.conversation_id, kept)
+    return resume - cut
+
+
 def splice(model: "LoadedModel", rendered: "Rendered") -> List[int]:
     """Return prompt tokens reusing the cached tokens whose text the new prompt repeats (module doc)."""
     canonical = rendered.tokens
-    base, text = model.live, rendered.text
-    if not model.splice_ok or base is None or not base.tokens or text is None:
+    base = model.live
+    if not model.splice_ok or base is None or not base.tokens or rendered.text is None:
         return canonical
-    # byte spans of the template's special tokens in the new prompt: never cut or imitated
-    offsets, position = [], 0
-    for token in canonical:
-        offsets.append(position)
-        position += len(model.piece(token))
-    if position != len(text):
-        return canonical  # the tokens do not spell the text back exactly: do not guess
-    specials = {offsets[i]: (offsets[i] + len(model.piece(t)), t)
-                for i, t in enumerate(canonical) if model.is_special(t)}
-    starts = sorted(specials)
-
-    def inside_special(begin: int, end: int) -> bool:
-        at = bisect_right(starts, end - 1) - 1  # last special starting before ``end``
-        return at >= 0 and specials[starts[at]][0] > begin
-
+    prompt = _PromptMap(model, rendered)
+    if not prompt.ok:
+        return canonical
     count, position = 0, 0
-    if base.n_text_tokens and text.startswith(base.text):
+    if base.n_text_tokens and prompt.text.startswith(base.text):
         count, position = base.n_text_tokens, len(base.text)
-        at = bisect_right(starts, position - 1) - 1  # a special token straddling the boundary?
-        if at >= 0 and specials[starts[at]][0] > position:
+        if prompt.straddles(position):
             count, position = 0, 0
-    while count < len(base.tokens):
-        token = base.tokens[count]
-        piece = model.piece(token)
-        end = position + len(piece)
-        if not piece or not text.startswith(piece, position):
-            break
-        if model.is_special(token):
-            if specials.get(position) != (end, token):
-                break
-        elif inside_special(position, end):
-            break
-        count, position = count + 1, end
+    count, position = prompt.walk(base.tokens, count, position)
     if count <= common_prefix(base.tokens, canonical):
         return canonical
-    rest = text[position:]
+    rest = prompt.text[position:]
     tail = model.llama.tokenize(rest, add_bos=False, special=True) if rest else []
     return list(base.tokens[:count]) + list(tail)
 

@@ -54,6 +54,8 @@ class LoadedModel:
         self.splice_ok = not (metadata.get("tokenizer.ggml.model") == "llama"
                               and metadata.get("tokenizer.ggml.add_space_prefix", "true") != "false")
         self.partial_reuse_ok = True
+        #: the KV cache can drop a span and move later positions down (llama_cache.drop_span)
+        self.can_shift = False
         self._vocab = None
         self.lib: Any = None
         try:
@@ -64,6 +66,9 @@ class LoadedModel:
             # recurrent/hybrid memories cannot drop a suffix: reuse only a strict extension
             self.partial_reuse_ok = not (llama_cpp.llama_model_is_recurrent(llama.model)
                                          or llama_cpp.llama_model_is_hybrid(llama.model))
+            memory = llama_cpp.llama_get_memory(llama.ctx)
+            self.can_shift = self.partial_reuse_ok and memory is not None \
+                and bool(llama_cpp.llama_memory_can_shift(memory))
         except (ImportError, AttributeError, TypeError, ctypes.ArgumentError):
             pass
 

@@ -36,7 +36,8 @@ from ovos_utils.log import LOG
 from ..concurrency import FairLock
 from .base import (CancelToken, ChatMessage, GenerationSettings, Solver, SolverConfigError,
                    SolverContext, SolverUnavailable)
-from .llama_cache import common_prefix, forget as forget_conversation, remember, splice, switch_conversation
+from .llama_cache import (common_prefix, drop_span, forget as forget_conversation, remember, splice,
+                          switch_conversation)
 from .llama_models import (MODEL_ENV, LlamaFactory, LoadedModel, acquire_model, check_model_file,
                            default_llama_factory, load_llama, loaded_models, release_model)
 from .llama_prompt import plan as plan_prompt
@@ -223,6 +224,7 @@ class LlamaCppSolver(Solver):
         settings = self.generation
         plan = plan_prompt(model, messages, settings.max_tokens, self.chat_format)
         restored = switch_conversation(model, conversation_id, self.state_cache_size)
+        shifted = drop_span(model, plan.rendered)
         tokens = splice(model, plan.rendered)
         if len(tokens) + plan.max_tokens > model.n_ctx:
             tokens = plan.rendered.tokens  # a spliced prompt may be a little longer than canonical
@@ -232,6 +234,7 @@ class LlamaCppSolver(Solver):
             "finish_reason": "cancelled", "messages": tuple(plan.messages),
             "dropped_messages": plan.dropped_messages, "question_truncated": plan.question_truncated,
             "state_restored": restored, "spliced": tokens is not plan.rendered.tokens,
+            "shifted_out": shifted,
         }
         self.last_stats = stats
         stops = tuple(dict.fromkeys(settings.stop + plan.rendered.stops))

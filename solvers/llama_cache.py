@@ -15,16 +15,19 @@ fragment, where a split tokenization would insert spaces.
 Interleaved conversations: each loaded model remembers which conversation its KV cache holds.
 When a turn of another conversation comes in, the cache of the current one is saved (raw llama.cpp
 state without the logits matrix that ``Llama.save_state`` also copies, which is n_batch x n_vocab
-floats: tens to hundreds of MB) into a per-model LRU, and the new conversation's saved state, if
-any, is loaded. Saving on switch rather than after every answer costs nothing while one
+floats: tens to hundreds of MB) into a per-model LRU bounded by count (``state_cache_size``) and
+by bytes (``state_cache_mb``), and the new conversation's saved state, if any, is loaded. Saving on switch rather than after every answer costs nothing while one
 conversation talks alone.
 """
 from __future__ import annotations
 
 import ctypes
 from bisect import bisect_right
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple
+
+from ovos_utils.log import LOG
 
 if TYPE_CHECKING:  # pragma: no cover
     from .llama_models import LoadedModel
@@ -54,6 +57,45 @@ class SavedState:
 
     transcript: Transcript
     blob: bytes
+
+
+class StateCache:
+    """Saved conversation states of one model, least recently used first, bounded in count and bytes."""
+
+    def __init__(self) -> None:
+        self._states: "OrderedDict[str, SavedState]" = OrderedDict()
+        #: bytes of llama.cpp state held (the blobs; transcripts are small beside them)
+        self.bytes = 0
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._states))
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def pop(self, conversation_id: str) -> Optional[SavedState]:
+        """Remove and return a conversation's state, if kept."""
+        state = self._states.pop(conversation_id, None)
+        if state is not None:
+            self.bytes -= len(state.blob)
+        return state
+
+    def put(self, conversation_id: str, state: SavedState, *, max_entries: int, max_bytes: int) -> List[str]:
+        """Keep ``state`` as the most recent; evict the least recent until both bounds hold; return evicted ids.
+
+        A state larger than ``max_bytes`` on its own is not kept at all.
+        """
+        self.pop(conversation_id)
+        evicted: List[str] = []
+        if len(state.blob) > max_bytes or max_entries <= 0:
+            return [conversation_id]
+        self._states[conversation_id] = state
+        self.bytes += len(state.blob)
+        while len(self._states) > max_entries or self.bytes > max_bytes:
+            oldest = next(iter(self._states))
+            self.pop(oldest)
+            evicted.append(oldest)
+        return evicted
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -96,22 +138,27 @@ def restore(model: "LoadedModel", saved: SavedState) -> bool:
     return True
 
 
-def switch_conversation(model: "LoadedModel", conversation_id: str, cache_size: int) -> bool:
-    """Make the context hold ``conversation_id``'s cache if saved; return True if a state was loaded."""
+def switch_conversation(model: "LoadedModel", conversation_id: str, max_entries: int, max_bytes: int) -> bool:
+    """Make the context hold ``conversation_id``'s cache if saved; return True if a state was loaded.
+
+    The conversation that leaves the context is saved first, within ``max_entries`` states and
+    ``max_bytes`` bytes per model (least recently used states go first).
+    """
     live = model.live
     if live is not None and live.conversation_id == conversation_id:
         return False
-    if cache_size <= 0 or not model.can_save_state:
+    if max_entries <= 0 or max_bytes <= 0 or not model.can_save_state:
         return False
     with model.books:
+        # taken out first, so that saving the leaving conversation cannot evict the one arriving
+        wanted = model.saved.pop(conversation_id) if conversation_id else None
         if live is not None and live.conversation_id:
             saved = save_live(model)  # the freshest copy: a restored state left ``saved`` on load
             if saved is not None:
-                model.saved[live.conversation_id] = saved
-                model.saved.move_to_end(live.conversation_id)
-        wanted = model.saved.pop(conversation_id, None) if conversation_id else None
-        while len(model.saved) > cache_size:
-            model.saved.popitem(last=False)
+                evicted = model.saved.put(live.conversation_id, saved, max_entries=max_entries, max_bytes=max_bytes)
+                if evicted:
+                    LOG.debug(f"llama-cpp: saved states dropped for {len(evicted)} conversations "
+                              f"({model.saved.bytes} bytes kept, limit {max_bytes})")
     if wanted is None:
         return False
     return restore(model, wanted)
@@ -120,7 +167,7 @@ def switch_conversation(model: "LoadedModel", conversation_id: str, cache_size: 
 def forget(model: "LoadedModel", conversation_id: str) -> None:
     """Drop the saved state of ``conversation_id`` and stop calling the live cache by its name."""
     with model.books:
-        model.saved.pop(conversation_id, None)
+        model.saved.pop(conversation_id)
         if model.live is not None and model.live.conversation_id == conversation_id:
             model.live.conversation_id = ""
 

@@ -12,13 +12,12 @@ import ctypes
 import stat
 import threading
 import weakref
-from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from ..concurrency import FairLock
 from .base import SolverConfigError, SolverUnavailable
-from .llama_cache import SavedState, Transcript
+from .llama_cache import StateCache, Transcript
 
 if TYPE_CHECKING:  # pragma: no cover
     from .llamacpp import LlamaCppSolver
@@ -41,7 +40,7 @@ class LoadedModel:
         #: what the KV cache holds now (None: unknown or empty)
         self.live: Optional[Transcript] = None
         #: saved states of the conversations that are not live, least recently used first
-        self.saved: "OrderedDict[str, SavedState]" = OrderedDict()
+        self.saved = StateCache()
         #: guards ``saved`` and ``live.conversation_id`` for forget() from other threads
         self.books = threading.Lock()
         #: the template refuses a system message or unordered roles: merge them (llama_prompt.render)

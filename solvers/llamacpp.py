@@ -50,6 +50,7 @@ DEFAULT_N_THREADS: Optional[int] = None
 DEFAULT_N_GPU_LAYERS = 0
 DEFAULT_CHAT_FORMAT: Optional[str] = None
 DEFAULT_STATE_CACHE_SIZE = 8
+DEFAULT_STATE_CACHE_MB = 256
 DEFAULT_VERBOSE = False
 #: prompt tokens evaluated per llama.cpp call; cancel is checked between calls
 PREFILL_CHUNK_TOKENS = 64
@@ -81,7 +82,8 @@ class LlamaCppSolver(Solver):
 
     Config keys: ``model`` (path; else ``$PERSONA_MODEL``), ``n_ctx`` (4096), ``n_threads``
     (None: llama.cpp's default), ``n_gpu_layers`` (0), ``chat_format`` (None: the model's own
-    template), ``state_cache_size`` (8 saved conversation states per model; 0: none), ``verbose``,
+    template), ``state_cache_size`` (8 saved conversation states per model; 0: none),
+    ``state_cache_mb`` (256: bytes of saved states per model, least recently used dropped first), ``verbose``,
     and the generation keys of ``GenerationSettings`` (temperature, top_k, top_p, repeat_penalty,
     max_tokens, seed, stop) over the persona's. A cancelled stream simply ends.
     """
@@ -99,6 +101,11 @@ class LlamaCppSolver(Solver):
         self.n_threads = _int_option(self.config, "n_threads", DEFAULT_N_THREADS, minimum=1, optional=True)
         self.n_gpu_layers = _int_option(self.config, "n_gpu_layers", DEFAULT_N_GPU_LAYERS, minimum=-1)
         self.state_cache_size = _int_option(self.config, "state_cache_size", DEFAULT_STATE_CACHE_SIZE, minimum=0)
+        cache_mb = self.config.get("state_cache_mb", DEFAULT_STATE_CACHE_MB)
+        if isinstance(cache_mb, bool) or not isinstance(cache_mb, (int, float)) or not 0 <= cache_mb < 2 ** 40:
+            raise SolverConfigError(f"llama-cpp: state_cache_mb must be a number of MB >= 0, got {cache_mb!r}")
+        #: bytes of saved conversation states kept per model
+        self.state_cache_bytes = int(cache_mb * 1024 * 1024)
         self.chat_format = self.config.get("chat_format", DEFAULT_CHAT_FORMAT)
         if self.chat_format is not None and not isinstance(self.chat_format, str):
             raise SolverConfigError(f"llama-cpp: chat_format must be a name, got {self.chat_format!r}")
@@ -223,7 +230,7 @@ class LlamaCppSolver(Solver):
         llama = model.llama
         settings = self.generation
         plan = plan_prompt(model, messages, settings.max_tokens, self.chat_format)
-        restored = switch_conversation(model, conversation_id, self.state_cache_size)
+        restored = switch_conversation(model, conversation_id, self.state_cache_size, self.state_cache_bytes)
         shifted = drop_span(model, plan.rendered)
         tokens = splice(model, plan.rendered)
         if len(tokens) + plan.max_tokens > model.n_ctx:

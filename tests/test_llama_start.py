@@ -179,3 +179,42 @@ def test_cancel_token_start_signal_runs_callbacks_once() -> None:
     token.on_start(lambda: calls.append("late"))  # registered after: runs at once
     assert token.started and calls == ["early", "late"]
     assert not CancelToken().child().started  # a child has its own signal
+
+
+@pytest.mark.slow
+def test_four_simultaneous_sessions_on_one_model_are_all_answered_by_it(tiny_gguf: Path, tmp_path: Path) -> None:
+    """The reported defect: sessions 2-4 waited for the model past first_chunk and heard the failure line."""
+    class SlowLlama(llama_cpp.Llama):
+        """About 0.05 s per llama.cpp call: each answer holds the model for well over a second."""
+
+        def eval(self, tokens: Any) -> None:
+            time.sleep(0.05)
+            super().eval(tokens)
+
+    from ovos_skill_persona_fallback.memory import ConversationMemory
+    factory = CountingFactory(SlowLlama)
+    solvers = {"llama-cpp": lambda: make_solver(tiny_gguf, llama_factory=factory, n_ctx=672, max_tokens=24),
+               "failure": lambda: FailureSolver({}, SolverContext())}
+    engine = PersonaEngine(include_shipped=False, max_concurrent=4,
+                           solver_factory=lambda solver_id, config, context: solvers[solver_id](),
+                           memory=ConversationMemory(str(tmp_path / "memory.db")))
+    engine.add_persona(parse_persona({"name": "busy", "solvers": ["llama-cpp", "failure"],
+                                      "llama-cpp": {"timeout": {"first_chunk": FIRST_CHUNK, "total": 60}}}))
+    engine.warm_up().join(30)
+    answers: dict = {}
+
+    def session(number: int) -> None:
+        answers[number] = engine.ask(f"question number {number}", session_id=f"session-{number}", persona="busy")
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=session, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    took = time.monotonic() - started
+    assert took > 3 * FIRST_CHUNK  # the last session really waited longer than first_chunk
+    assert {n: a.result.solver_id for n, a in answers.items()} == {n: "llama-cpp" for n in range(4)}
+    assert all(a.text and not a.failures for a in answers.values())
+    assert len(factory.calls) == 1
+    engine.close()

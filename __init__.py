@@ -24,6 +24,7 @@ from .bus_tools import BusToolExecutor, ToolRequest, is_tool_utterance
 from .engine import EngineBusy, NoPersonaError, PersonaEngine
 from .languages import normalize_lang, ovos_lang, random_dialog
 from .memory import ConversationMemory, MemoryConfigError, MemoryStore, open_memory
+from .models.errors import ModelNotReady
 from .persona import MemorySettings, Persona, fill_placeholders
 from .prompt import Speaker, placeholder_values
 from .settings import DEFAULT_SETTINGS, validate_settings
@@ -79,6 +80,8 @@ class PersonaFallbackSkill(FallbackSkill):
         self._config: Dict[str, Any] = dict(DEFAULT_SETTINGS)
         # not "_settings_lock": ovos-workshop's skill class sets an attribute of that name itself
         self._config_lock = threading.Lock()
+        #: personas whose "my model is being prepared" line was said (once each)
+        self._preparing_said: set = set()
         super().__init__(*args, **kwargs)
 
     @classproperty
@@ -105,6 +108,9 @@ class PersonaFallbackSkill(FallbackSkill):
             self.bus, self.skill_id, self._outgoing,
             lambda message, text, lang: self._say(message, text, lang, listen=True, dialog="tool_confirm"),
             lambda message: self.get_response(message=message, num_retries=0, wait=False))
+        # load local models (and download hf: references) now, in the background: the first
+        # question meanwhile falls through to the rest of the chain instead of waiting
+        self.engine.warm_up()
         self.register_fallback(self.handle_fallback, self._config["priority"])
         for name, handler in (("persona.ask", self.handle_ask), ("persona.list", self.handle_list),
                               ("persona.context.inject", self.handle_context_inject),
@@ -149,6 +155,7 @@ class PersonaFallbackSkill(FallbackSkill):
                 self.engine.default_solvers = self._config["default_solvers"]
             if any(self._config[key] != previous[key] for key in ("persona_dirs", "default_solvers")):
                 self.engine.load_personas(self._config["persona_dirs"])
+                self.engine.warm_up()
             modules = ("translation_module", "detection_module")
             if any(self._config[key] != previous[key] for key in modules) and self._owns_engine:
                 self.engine.translator = self._make_translator()
@@ -341,6 +348,12 @@ class PersonaFallbackSkill(FallbackSkill):
         answer = stream.answer  # the engine has logged its failures (tracebacks once per error)
         if not spoken and not answer.result.cancelled:
             self._say_dialog(message, lang, "error", persona=persona.name)
+        elif any(isinstance(failure.error, ModelNotReady) for failure in answer.failures):
+            with self._config_lock:
+                first_time = persona.name not in self._preparing_said
+                self._preparing_said.add(persona.name)
+            if first_time:  # once per persona: its model is still downloading or loading
+                self._say_dialog(message, lang, "model_preparing", persona=persona.name)
         return spoken
 
     def _persona_line(self, persona: Persona, message: Message, session: Session, lang: str) -> str:

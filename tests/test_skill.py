@@ -456,3 +456,18 @@ def test_settings_lock_is_our_own(skill_env):
     skill.settings["priority"] = 42.0  # a settings UI's float
     skill.on_settings_changed()
     assert skill._config["priority"] == 42
+
+
+def test_model_being_prepared_is_said_once_while_the_chain_answers(skill_env, box):
+    from ovos_skill_persona_fallback.models.errors import ModelNotReady
+
+    local = box.add("local")
+    box.add("scripted").enqueue("Chit-chat answer.").enqueue("Again chit-chat.")
+    local.enqueue(error=ModelNotReady("hf:owner/repo/model.gguf")).enqueue(
+        error=ModelNotReady("hf:owner/repo/model.gguf"))
+    skill, bus, rec = skill_env(make_persona("Ada", ("local", "scripted")))
+    ask(bus, rec, request("first question"))
+    ask(bus, rec, request("second question"))
+    said = rec.spoken()
+    [line] = dialog_lines("en-us", "model_preparing")
+    assert said == ["Chit-chat answer.", line.replace("{persona}", "Ada"), "Again chit-chat."]

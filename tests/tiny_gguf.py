@@ -40,6 +40,33 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 
+#: in the manner of Gemma's published template: no system role, strict user/model alternation
+NO_SYSTEM_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 is even) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] | trim + '<|end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+#: in the manner of Mistral-Instruct's published template: instructions in brackets, user first,
+#: strict alternation (a leading system message breaks it), any other role refused
+ALTERNATING_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}"
+    "{% endfor %}"
+)
+
 CONTROL_TOKENS: Tuple[str, ...] = ("<unk>", "<s>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 
@@ -81,12 +108,13 @@ def build_vocab(words: Iterable[str]) -> Tuple[List[str], List[float], List[int]
 
 def write_tiny_gguf(path: Union[str, Path], *, n_ctx: int = 2048, vocab: Sequence[str] = DEFAULT_WORDS,
                     seed: int = 0, n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
-                    n_head_kv: int = 2, n_ff: int = 128) -> Path:
+                    n_head_kv: int = 2, n_ff: int = 128, chat_template: str = CHAT_TEMPLATE) -> Path:
     """Write a random-weight llama GGUF to ``path`` and return the path.
 
     ``vocab`` is the list of words that become pieces (with and without a leading space); any
     other text still tokenizes through the byte tokens. ``n_ctx`` is the trained context length
     written in the file (the runtime ``n_ctx`` may not exceed it without a warning).
+    ``chat_template`` is the Jinja template stored as ``tokenizer.chat_template``.
     """
     import gguf  # test-only dependency
 
@@ -118,7 +146,7 @@ def write_tiny_gguf(path: Union[str, Path], *, n_ctx: int = 2048, vocab: Sequenc
     writer.add_eos_token_id(EOS_ID)
     writer.add_add_bos_token(True)
     writer.add_add_space_prefix(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    writer.add_chat_template(chat_template)
 
     def matrix(rows: int, cols: int, scale: float) -> np.ndarray:
         # numpy shape is (rows, cols) = ggml ne (cols, rows): a weight mapping cols -> rows

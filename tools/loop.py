@@ -80,6 +80,7 @@ class ToolUsingSolver(Solver):
         self.solver_id = inner.solver_id
         self.supports_history = inner.supports_history
         self.supported_langs = inner.supported_langs
+        self.reports_start = inner.reports_start  # a local model behind tools keeps its start clock
         self.settings = settings
         self.executor = executor
         self.tool_context = context

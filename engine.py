@@ -11,15 +11,17 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ovos_utils.log import LOG
 from rapidfuzz import fuzz, process
 
+from .answers import Answer, AnswerStream, EngineBusy, NoPersonaError, Translator
 from .concurrency import FairSemaphore, QueueFull
-from .chain import ChainLink, ChainResult, Deadlines, SolverChain, SolverFailure, SolverInput
+from .chain import ChainLink, SolverChain, SolverFailure, SolverInput
+from .persona_chains import PersonaChains
 from .languages import FALLBACK_LANG, base_lang, normalize_lang
 from .memory import ConversationMemory, MemoryStore
 from .persona import DEFAULT_SOLVERS, MemorySettings, Persona, fill_placeholders, load_personas
@@ -27,9 +29,12 @@ from .prompt import Speaker, build_messages, placeholder_values, with_answer_ins
 from .reasoning import ThinkFilter
 from .request import AnswerRequest, usage_of
 from .solvers import create_solver, known_solver_ids
-from .solvers.base import CancelToken, ChatMessage, RequestOptions, Role, SolverContext, SolverError
+from .solvers.base import CancelToken, ChatMessage, RequestOptions, Role
+from .sessions import ActivePersonas, Flight, Flights
 from .speech import SentenceSplitter
 from .tools import ToolExecutor, ToolUsingSolver
+
+__all__ = ["Answer", "AnswerStream", "EngineBusy", "NoPersonaError", "PersonaEngine", "Translator"]
 
 SHIPPED_PERSONAS_DIR = Path(__file__).resolve().parent / "personas"
 DEFAULT_PERSONA = "Ava"
@@ -43,78 +48,6 @@ DEFAULT_MAX_WAITING = 16
 FUZZY_CUTOFF = 65
 #: distinct solver errors whose traceback has been logged; later repeats log one line
 MAX_LOGGED_ERRORS = 256
-
-
-class Translator(Protocol):
-    """What the engine needs from a translation layer (``translation.Translator`` is the real one)."""
-
-    available: bool
-
-    def translate(self, text: str, target: str, source: str) -> str:
-        """Return ``text`` translated from ``source`` into ``target`` (the text itself on failure)."""
-
-    def detect(self, text: str) -> Optional[str]:
-        """Return the language of ``text``, or None."""
-
-
-class NoPersonaError(LookupError):
-    """No usable persona matches the request."""
-
-
-class EngineBusy(RuntimeError):
-    """Too many answers are being generated and the waiting line is full."""
-
-
-@dataclass
-class Answer:
-    """A finished (or stopped) answer: what was said, by whom, and what went wrong on the way."""
-
-    persona: str
-    sentences: List[str] = field(default_factory=list)
-    result: ChainResult = field(default_factory=ChainResult)
-    #: the tool-using solvers of this answer (``used`` says which tools ran)
-    tool_runs: List[ToolUsingSolver] = field(default_factory=list)
-    #: prompt_tokens, completion_tokens, total_tokens and their source: "tokenizer" (the local
-    #: model's), "upstream" (an HTTP backend's report) or "estimate" (characters / 4)
-    usage: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def text(self) -> str:
-        """The spoken answer as one string."""
-        return " ".join(self.sentences)
-
-    @property
-    def failures(self) -> List[SolverFailure]:
-        """Every solver failure met on the way."""
-        return self.result.failures
-
-
-class _Flight:
-    """One answer in progress: its cancel token and whether a forget made it unrememberable."""
-
-    __slots__ = ("token", "persona", "forgotten")
-
-    def __init__(self, token: CancelToken, persona: str) -> None:
-        self.token = token
-        self.persona = persona
-        self.forgotten = False
-
-
-class AnswerStream:
-    """Iterate to get sentences as they are ready; ``answer`` fills in as it goes."""
-
-    def __init__(self, answer: Answer, sentences: Iterator[str]) -> None:
-        self.answer = answer
-        self._sentences = sentences
-
-    def __iter__(self) -> Iterator[str]:
-        return self._sentences
-
-    def close(self) -> None:
-        """Stop early; what was delivered so far is remembered as an interrupted turn."""
-        close = getattr(self._sentences, "close", None)
-        if close is not None:
-            close()
 
 
 class PersonaEngine:
@@ -144,18 +77,13 @@ class PersonaEngine:
         #: the chain of personas whose file names no backend (cards, LoLLMs): ids or {id: config}
         self.default_solvers = default_solvers
         self.admission = FairSemaphore(max_concurrent, max_waiting)
-        self._solver_factory = solver_factory
         self._known_solvers = known_solvers
         self._clock = clock
         self._lock = threading.RLock()
         self._personas: Dict[str, Persona] = {}
-        self._links: Dict[str, List[ChainLink]] = {}
-        self._active: "OrderedDict[str, str]" = OrderedDict()
-        self._max_sessions = max_sessions
-        self._inflight: Dict[str, List[_Flight]] = {}
-        #: links of replaced personas still used by answers in progress, closed when those end
-        self._retired: Dict[int, List[ChainLink]] = {}
-        self._link_users: Dict[int, int] = {}
+        self._chains = PersonaChains(solver_factory)
+        self._active = ActivePersonas(self.memory, max_sessions)
+        self._flights = Flights()
         #: forget and remember exclude each other, so a forget wins over any answer in flight
         self._remember_lock = threading.Lock()
         self._logged_errors: "OrderedDict[Tuple[str, str, str], None]" = OrderedDict()
@@ -178,7 +106,7 @@ class PersonaEngine:
         with self._lock:
             stale = [name for name, old in self._personas.items() if personas.get(name) != old]
             for name in stale:
-                self._retire_links(self._links.pop(name, []))
+                self._chains.retire(name)
             self._personas = personas
             self.problems = problems
         return problems
@@ -186,7 +114,7 @@ class PersonaEngine:
     def add_persona(self, persona: Persona) -> None:
         """Register (or replace) one persona directly."""
         with self._lock:
-            self._retire_links(self._links.pop(persona.name, []))
+            self._chains.retire(persona.name)
             self._personas[persona.name] = persona
 
     @property
@@ -217,10 +145,7 @@ class PersonaEngine:
 
     def active_persona(self, session_id: str) -> Optional[Persona]:
         """Return the session's active persona, else the default, else any loaded one."""
-        with self._lock:
-            name = self._active.get(session_id)
-        if name is None:
-            name = self._stored_active(session_id)
+        name = self._active.get(session_id)
         return (self.find_persona(name) or self.find_persona(self.default_persona)
                 or next(iter(self.personas.values()), None))
 
@@ -229,8 +154,7 @@ class PersonaEngine:
         persona = self.find_persona(name, fuzzy=True)
         if persona is None:
             raise NoPersonaError(f"no persona called {name!r}")
-        self._cache_active(session_id, persona.name)
-        self._store_active(session_id, persona.name)
+        self._active.set(session_id, persona.name)
         return persona
 
     def greeting(self, persona: Persona, speaker: Optional[Speaker] = None, lang: str = "") -> str:
@@ -242,36 +166,8 @@ class PersonaEngine:
 
     def reset_active(self, session_id: str) -> None:
         """Return the session to the default persona."""
-        with self._lock:
-            self._active.pop(session_id, None)
-        self._store_active(session_id, None)
+        self._active.clear(session_id)
 
-    def _cache_active(self, session_id: str, name: str) -> None:
-        with self._lock:
-            self._active[session_id] = name
-            self._active.move_to_end(session_id)
-            while len(self._active) > self._max_sessions:
-                self._active.popitem(last=False)
-
-    def _stored_active(self, session_id: str) -> Optional[str]:
-        """The session's persona as the memory store keeps it (across restarts); cached once found."""
-        try:
-            name = self.memory.active(session_id)
-        except Exception as err:  # memory trouble must never cost the user the answer
-            LOG.warning(f"could not read the active persona of session {session_id}: {err!r}")
-            return None
-        if name is not None:
-            self._cache_active(session_id, name)
-        return name
-
-    def _store_active(self, session_id: str, name: Optional[str]) -> None:
-        try:
-            if name is None:
-                self.memory.clear_active(session_id)
-            else:
-                self.memory.set_active(session_id, name)
-        except Exception as err:  # the in-RAM choice still holds until restart
-            LOG.warning(f"could not store the active persona of session {session_id}: {err!r}")
 
     # -- answering ---------------------------------------------------------------------------
 
@@ -341,19 +237,17 @@ class PersonaEngine:
         chat: List[ChatMessage] = []
         solver_question = question
         finished = False
-        flight = self._register(session_id, token, persona.name)
+        flight = self._flights.start(session_id, token, persona.name)
         try:
             admitted = self.admission.acquire(token)
         except QueueFull as err:
-            self._unregister(session_id, flight)
+            self._flights.end(session_id, flight)
             raise EngineBusy(f"too many answers at once ({err})") from err
         if not admitted:
-            self._unregister(session_id, flight)
+            self._flights.end(session_id, flight)
             answer.result.cancelled = True
             return
-        with self._lock:  # one step, so a reload cannot close the chain before it is counted
-            links = self._chain_links(persona)
-            self._use_links(links, +1)
+        links = self._chains.acquire(persona)
         try:
             if request.on_admitted is not None:
                 request.on_admitted()
@@ -420,8 +314,8 @@ class PersonaEngine:
             finished = not token.cancelled
         finally:
             self.admission.release()
-            self._unregister(session_id, flight)
-            self._use_links(links, -1)
+            self._flights.end(session_id, flight)
+            self._chains.release(links)
             self._log_failures(persona, answer.result.failures)
             answer.usage = usage_of(request.options, chat, answer.result.text)
             if said or delivered:
@@ -492,13 +386,13 @@ class PersonaEngine:
 
     def _remember(self, persona: Persona, session_id: str, solver_question: str, user_question: str,
                   said: Sequence[str], answer: Answer, user_lang: str, interrupted: bool,
-                  flight: _Flight, delivered: Optional[str] = None) -> None:
+                  flight: Flight, delivered: Optional[str] = None) -> None:
         translated = solver_question != user_question or answer.sentences != list(said)
         limits = self.memory_limits(persona)
         # a complete answer is remembered as the solver wrote it, so the next prompt repeats the
         # model's own text and a local model reuses its cache; a cut one as what was delivered
         solver_answer = answer.result.text if not interrupted else (delivered or " ".join(said))
-        note = " ".join(run.note() for run in answer.tool_runs if run.note())
+        note = answer.tool_note()
         if note:  # the next turn's prompt says which tools were used, in one line
             solver_answer = f"{solver_answer}\n{note}"
         try:
@@ -516,111 +410,23 @@ class PersonaEngine:
 
     # -- chains ------------------------------------------------------------------------------
 
-    def _chain_links(self, persona: Persona) -> List[ChainLink]:
-        with self._lock:
-            links = self._links.get(persona.name)
-            if links is None:
-                links = [self._build_link(persona, solver_id) for solver_id in persona.solvers]
-                self._links[persona.name] = links
-            return links
+    def chain_links(self, persona: Persona) -> List[ChainLink]:
+        """The persona's solver chain, built on first use (benchmarks and tests read solvers here)."""
+        return self._chains.links(persona)
 
-    def _build_link(self, persona: Persona, solver_id: str) -> ChainLink:
-        config = persona.solver_config(solver_id)
-        context = SolverContext(persona_name=persona.name, persona_lang=persona.lang,
-                                generation=persona.generation)
-        deadlines = Deadlines.from_config(config)
-        try:
-            return ChainLink(solver_id, self._solver_factory(solver_id, config, context), deadlines)
-        except SolverError as err:
-            LOG.warning(f"persona {persona.name}: solver {solver_id} cannot be used: {err}")
-            return ChainLink(solver_id, None, deadlines, build_error=err)
-
-    def _use_links(self, links: List[ChainLink], delta: int) -> None:
-        """Count answers using a chain; a replaced chain is closed when its last answer ends."""
-        key = id(links)
-        with self._lock:
-            users = self._link_users.get(key, 0) + delta
-            if users > 0:
-                self._link_users[key] = users
-                return
-            self._link_users.pop(key, None)
-            retired = self._retired.pop(key, None)
-        if retired is not None:
-            self._close_links(retired)
-
-    def _retire_links(self, links: List[ChainLink]) -> None:
-        """Close a replaced persona's chain now, or when the answers still using it end."""
-        with self._lock:
-            if self._link_users.get(id(links), 0) > 0:
-                self._retired[id(links)] = links
-                return
-        self._close_links(links)
     def warm_up(self) -> threading.Thread:
-        """Build every persona's chain and ``prepare()`` each solver (load models) on one background thread.
-
-        Returns the started daemon thread; failures are logged, never raised (the first question
-        then meets the same problem and falls through as usual).
-        """
-        def run() -> None:
-            for persona in list(self.personas.values()):
-                try:
-                    links = self._chain_links(persona)
-                except Exception as err:  # a broken persona must not stop warming the others
-                    LOG.warning(f"warm-up: persona {persona.name} has no chain: {err!r}")
-                    continue
-                for link in links:
-                    if link.solver is None:
-                        continue
-                    try:
-                        link.solver.prepare()
-                    except SolverError as err:  # e.g. the model file is missing: one line, no traceback
-                        LOG.warning(f"warm-up: solver {link.solver_id} of persona {persona.name} "
-                                    f"could not prepare: {err}")
-                    except Exception:  # anything else a backend raises while preparing is only logged
-                        LOG.exception(f"warm-up: solver {link.solver_id} of persona {persona.name} "
-                                      f"could not prepare")
-
-        thread = threading.Thread(target=run, name="persona-warm-up", daemon=True)
-        thread.start()
-        return thread
-
-    @staticmethod
-    def _close_links(links: Iterable[ChainLink]) -> None:
-        for link in links:
-            if link.solver is not None:
-                try:
-                    link.solver.close()
-                except Exception as err:  # closing one solver must not stop closing the rest
-                    LOG.warning(f"closing solver {link.solver_id} failed: {err!r}")
+        """Build every persona's chain and ``prepare()`` its solvers (load models) in the background."""
+        return self._chains.warm_up(self.personas.values())
 
     # -- sessions ----------------------------------------------------------------------------
 
-    def _register(self, session_id: str, token: CancelToken, persona: str) -> _Flight:
-        flight = _Flight(token, persona)
-        with self._lock:
-            self._inflight.setdefault(session_id, []).append(flight)
-        return flight
-
-    def _unregister(self, session_id: str, flight: _Flight) -> None:
-        with self._lock:
-            flights = self._inflight.get(session_id, [])
-            if flight in flights:
-                flights.remove(flight)
-            if not flights:
-                self._inflight.pop(session_id, None)
-
     def is_busy(self, session_id: str) -> bool:
         """True while the session has an answer in progress."""
-        with self._lock:
-            return bool(self._inflight.get(session_id))
+        return self._flights.busy(session_id)
 
     def stop(self, session_id: str) -> bool:
         """Cancel the session's answers in progress; return True if there were any."""
-        with self._lock:
-            tokens = [flight.token for flight in self._inflight.get(session_id, [])]
-        for token in tokens:
-            token.cancel()
-        return bool(tokens)
+        return self._flights.stop(session_id)
 
     def inject_context(self, session_id: str, text: str) -> None:
         """Add conversational context for the session's next prompts."""
@@ -636,14 +442,9 @@ class PersonaEngine:
         Answers still in progress for it are spoken to the end but not remembered.
         """
         with self._remember_lock:
-            with self._lock:
-                for flight in self._inflight.get(session_id, []):
-                    if persona in (None, flight.persona):
-                        flight.forgotten = True
+            self._flights.mark_forgotten(session_id, persona)
             deleted = self.memory.forget(session_id, persona)
-        with self._lock:
-            links = [link for name, chain in self._links.items() if persona in (None, name) for link in chain]
-        for link in links:
+        for link in self._chains.built(persona):
             if link.solver is not None:
                 link.solver.forget(session_id)
         return deleted
@@ -657,11 +458,7 @@ class PersonaEngine:
 
     def close(self) -> None:
         """Stop everything, close solvers and the memory."""
-        with self._lock:
-            sessions = list(self._inflight)
-            links = [link for chain in self._links.values() for link in chain]
-            self._links.clear()
-        for session_id in sessions:
+        for session_id in self._flights.sessions():
             self.stop(session_id)
-        self._close_links(links)
+        self._chains.close()
         self.memory.close()

@@ -212,11 +212,11 @@ def llama_engine(persona: Any, memory_path: str = ":memory:") -> Any:
 def engine_solver(engine: Any, persona: Any, index: int = 0) -> Any:
     """Return the solver instance the engine's chain for ``persona`` really uses (built on demand).
 
-    ``PersonaEngine._chain_links`` is private, but it is the one place the engine builds and caches
-    a persona's solvers; reading the same instance is the only way to see the answering solver's
-    ``last_stats`` without changing the code path being measured.
+    ``PersonaEngine.chain_links`` is the one place the engine builds and caches a persona's solvers;
+    reading the same instance is the only way to see the answering solver's ``last_stats`` without
+    changing the code path being measured.
     """
-    link = engine._chain_links(persona)[index]
+    link = engine.chain_links(persona)[index]
     if link.solver is None:
         raise SystemExit(f"solver {link.solver_id} could not be built: {link.build_error}")
     return link.solver

@@ -15,7 +15,7 @@ evaluate. After each turn the script reads the solver's ``last_stats``:
   previous answer's closing the model did not generate itself. Turn 1 has no previous turn.
 
 The solver instance is the very one the engine's chain uses, found through
-``engine._chain_links(persona)`` (see ``common.engine_solver``): building another one through the
+``engine.chain_links(persona)`` (see ``common.engine_solver``): building another one through the
 same factory would also share the loaded model, but its ``last_stats`` would stay empty.
 
 Scenarios: one conversation alone; three conversations interleaved A, B, C, A, B, C ... on the

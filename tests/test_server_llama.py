@@ -30,8 +30,7 @@ def session_of(key: str, conversation: str) -> str:
 
 
 def llama_solver(served, persona: str = "Tiny"):
-    served.engine._chain_links(served.engine.find_persona(persona))  # built on first use
-    return served.engine._links[persona][0].solver
+    return served.engine.chain_links(served.engine.find_persona(persona))[0].solver  # built on first use
 
 
 def test_local_model_streams_tokens_and_counts_usage_with_its_tokenizer(serve, tiny_gguf):  # noqa: F811

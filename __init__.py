@@ -1,4 +1,5 @@
-"""Persona Fallback: the OVOS skill class, the only module that touches the messagebus.
+"""Persona Fallback: the OVOS skill class; with its bus API mixin (bus_api.py) and tool executor
+(bus_tools.py), the only code that touches the messagebus.
 
 It claims utterances no other skill handled, asks the session's persona through the engine, and
 speaks the answer sentence by sentence with ``message.forward("speak")`` so each answer reaches
@@ -20,6 +21,8 @@ from ovos_utils.process_utils import RuntimeRequirements
 from ovos_workshop.decorators import intent_handler
 from ovos_workshop.skills.fallback import FallbackSkill
 
+from .bus_api import BusApiMixin
+from .bus_text import clean_value, session_key, text_of
 from .bus_tools import BusToolExecutor, ToolRequest, is_tool_utterance
 from .engine import EngineBusy, NoPersonaError, PersonaEngine
 from .languages import normalize_lang, ovos_lang, random_dialog
@@ -33,45 +36,7 @@ from .translation import Translator
 SKILL_ID = "ovos-skill-persona-fallback.openpersona"
 
 
-def _clean(text: str) -> str:
-    """Return ``text`` with lone surrogates replaced by U+FFFD.
-
-    JSON escapes on the bus can carry them (``"\\ud800"``), and such text cannot be encoded as
-    UTF-8: SQLite, the websocket and HTTP clients all refuse it.
-    """
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def _text(value: Any) -> str:
-    """Return ``value`` stripped and cleaned if it is text, else ""."""
-    return _clean(value).strip() if isinstance(value, str) else ""
-
-
-def _clean_value(value: Any) -> Any:
-    """Return a JSON value with lone surrogates escaped (``\\ud800``) in every string and key.
-
-    Escaped rather than replaced, so two session ids that differ only there stay two sessions.
-    """
-    if isinstance(value, str):
-        return _session_key(value)
-    if isinstance(value, dict):
-        return {_clean_value(key): _clean_value(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_clean_value(item) for item in value]
-    return value
-
-
-def _session_key(value: Any) -> str:
-    """Return a session id as text SQLite and HTTP accept (the bus carries any JSON value there).
-
-    Lone surrogates become ``\\ud800`` escapes rather than U+FFFD, so distinct ids stay distinct.
-    """
-    if not isinstance(value, str):
-        return str(value)
-    return value.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-class PersonaFallbackSkill(FallbackSkill):
+class PersonaFallbackSkill(BusApiMixin, FallbackSkill):
     """Answers utterances no other skill handled by asking the session's persona."""
 
     def __init__(self, *args: Any, engine: Optional[PersonaEngine] = None, **kwargs: Any) -> None:
@@ -176,7 +141,7 @@ class PersonaFallbackSkill(FallbackSkill):
         except Exception as err:  # a malformed session in a bus message must not kill the handler
             self.log.warning(f"malformed session in {message.msg_type}: {err}; using the default session")
             return SessionManager.default_session
-        key = _session_key(session.session_id)
+        key = session_key(session.session_id)
         if key != session.session_id:
             session = copy.copy(session)  # SessionManager keeps the original
             session.session_id = key
@@ -199,7 +164,7 @@ class PersonaFallbackSkill(FallbackSkill):
         if lang != "auto":
             return lang
         translator = self.engine.translator if self.engine is not None else None
-        utterance = _text(message.data.get("utterance")) if isinstance(message.data, dict) else ""
+        utterance = text_of(message.data.get("utterance")) if isinstance(message.data, dict) else ""
         detected = translator.detect(utterance) if translator is not None and utterance else None
         return normalize_lang(detected, default="") or normalize_lang(self._config["default_lang"])
 
@@ -209,8 +174,8 @@ class PersonaFallbackSkill(FallbackSkill):
         city = location.get("city", {}) if isinstance(location, dict) else {}
         city_name = city.get("name", "") if isinstance(city, dict) else ""
         context = message.context if isinstance(message.context, dict) else {}
-        return Speaker(name=_text(context.get("speaker_name") or context.get("user_name")),
-                       location=_text(city_name))
+        return Speaker(name=text_of(context.get("speaker_name") or context.get("user_name")),
+                       location=text_of(city_name))
 
     def _say(self, message: Message, text: str, lang: str, listen: bool = False, **meta: Any) -> None:
         """Emit one ``speak`` built from the request, so it reaches the satellite that asked."""
@@ -230,7 +195,7 @@ class PersonaFallbackSkill(FallbackSkill):
         """
         if not isinstance(message.context, dict):
             return Message(message.msg_type, message.data, {})
-        context = _clean_value(message.context)
+        context = clean_value(message.context)
         if context == message.context:
             return message
         return Message(message.msg_type, message.data, context)
@@ -250,7 +215,7 @@ class PersonaFallbackSkill(FallbackSkill):
         if not self._config["enabled"] or self.engine is None:
             return None
         utterances = message.data.get("utterances") if isinstance(message.data, dict) else None
-        utterance = _text(utterances[0]) if isinstance(utterances, list) and utterances else ""
+        utterance = text_of(utterances[0]) if isinstance(utterances, list) and utterances else ""
         if not utterance or is_tool_utterance(message):
             return None  # nothing to answer, or a persona's own command to the assistant (no loops)
         session = self._session(message)
@@ -369,7 +334,7 @@ class PersonaFallbackSkill(FallbackSkill):
 
     def stop_session(self, session: Session) -> bool:
         """Cancel only this session's generation; True if something was stopped."""
-        return self.engine is not None and self.engine.stop(_session_key(session.session_id))
+        return self.engine is not None and self.engine.stop(session_key(session.session_id))
 
     def stop(self) -> bool:
         """Global stop without a session: nothing to do, every stop here is per session."""
@@ -380,7 +345,7 @@ class PersonaFallbackSkill(FallbackSkill):
     @intent_handler("switch_persona.intent")
     def handle_switch_persona(self, message: Message) -> None:
         """Switch the session to the named persona (matched fuzzily)."""
-        session, name = self._session(message), _text(message.data.get("persona"))
+        session, name = self._session(message), text_of(message.data.get("persona"))
         lang = self._dialog_lang(message, session)
         try:
             persona = self.engine.set_active(session.session_id, name)
@@ -423,7 +388,7 @@ class PersonaFallbackSkill(FallbackSkill):
     def handle_release_persona(self, message: Message) -> None:
         """Go back to the default persona; "stop talking as X" when X is not active changes nothing."""
         session = self._session(message)
-        named = _text(message.data.get("persona")) if isinstance(message.data, dict) else ""
+        named = text_of(message.data.get("persona")) if isinstance(message.data, dict) else ""
         summoned = getattr(session, "persona_id", None)
         active = ((self.engine.find_persona(summoned) if isinstance(summoned, str) and summoned else None)
                   or self.engine.active_persona(session.session_id))
@@ -439,196 +404,6 @@ class PersonaFallbackSkill(FallbackSkill):
         persona = self.engine.active_persona(session.session_id)
         self._say_dialog(message, self._dialog_lang(message, session), "released",
                          persona=persona.name if persona else "")
-
-    # -- bus API -------------------------------------------------------------------------------
-
-    def _respond(self, message: Message, data: Dict[str, Any]) -> None:
-        self.bus.emit(self._outgoing(message).response(data))
-
-    def _error(self, message: Message, reason: str) -> None:
-        self.log.warning(f"{message.msg_type}: {reason}")
-        self.bus.emit(self._outgoing(message).reply(f"{message.msg_type}.error", {"error": reason}))
-
-    def _data(self, message: Message) -> Optional[Dict[str, Any]]:
-        if not isinstance(message.data, dict):
-            self._error(message, "message data must be an object")
-            return None
-        return message.data
-
-    def handle_ask(self, message: Message) -> None:
-        """``persona.ask``: answered on a thread of its own, like the fallback.
-
-        A whole generation on ovos-core's bus handler pool would starve the pool every other
-        skill's handlers run on.
-        """
-        threading.Thread(target=self._run_ask, args=(message,), daemon=True,
-                         name=f"ask-{self.skill_id}").start()
-
-    def _run_ask(self, message: Message) -> None:
-        """``persona.ask`` {utterance, persona?, lang?} -> {answer, persona, lang}."""
-        try:
-            self._ask(message)
-        except Exception as err:  # a thread of ours: every request still gets its answer
-            self.log.exception(f"persona.ask failed: {err}")
-            self._error(message, "the persona could not answer")
-
-    def _ask(self, message: Message) -> None:
-        data = self._data(message)
-        if data is None:
-            return
-        utterance = data.get("utterance")
-        if not isinstance(utterance, str) or not utterance.strip():
-            self._error(message, "utterance must be non-empty text")
-            return
-        name = data.get("persona")
-        if name is not None and not isinstance(name, str):
-            self._error(message, "persona must be a persona name")
-            return
-        session = self._session(message)
-        persona = self.engine.find_persona(name) if name else self.engine.active_persona(session.session_id)
-        if persona is None:
-            self._error(message, f"no persona called {name!r}; known personas: {self._persona_names()}")
-            return
-        lang = self.engine.resolve_lang(self._lang(message, session), utterance, persona)
-        stream = self.engine.stream(_text(utterance), session_id=session.session_id, persona=persona.name,
-                                    lang=lang, speaker=self._speaker(message, session),
-                                    tool_context=ToolRequest(message, lang, session.session_id))
-        try:
-            for _ in stream:
-                pass
-        except EngineBusy as err:
-            self._error(message, str(err))
-            return
-        answer = stream.answer
-        if not answer.sentences:
-            self._error(message, f"{answer.persona} could not answer")
-            return
-        self._respond(message, {"answer": answer.text, "persona": answer.persona, "lang": ovos_lang(lang)})
-
-    def handle_list(self, message: Message) -> None:
-        """``persona.list`` -> {personas: [{name, description, lang}]}."""
-        personas = [persona.summary() for _, persona in sorted(self.engine.personas.items())]
-        self._respond(message, {"personas": personas})
-
-    def handle_context_inject(self, message: Message) -> None:
-        """``persona.context.inject`` {context}: add context for the message's session."""
-        data = self._data(message)
-        if data is None:
-            return
-        context = data.get("context")
-        if not isinstance(context, str) or not context.strip():
-            self._error(message, "context must be non-empty text")
-            return
-        session_id = self._session(message).session_id
-        self.engine.inject_context(session_id, _text(context))
-        self._respond(message, {"session_id": session_id})
-
-    def handle_context_clear(self, message: Message) -> None:
-        """``persona.context.clear``: remove the session's injected context."""
-        session_id = self._session(message).session_id
-        self.engine.clear_context(session_id)
-        self._respond(message, {"session_id": session_id})
-
-    def handle_conversation_end(self, message: Message) -> None:
-        """``persona.conversation.end``: the user left; forget the session and free its caches."""
-        session_id = self._session(message).session_id
-        self.engine.end_conversation(session_id)
-        self._respond(message, {"session_id": session_id})
-
-    def handle_active_set(self, message: Message) -> None:
-        """``persona.active.set`` {persona}: make a persona the session's active one."""
-        data = self._data(message)
-        if data is None:
-            return
-        name = data.get("persona")
-        if not isinstance(name, str) or not name.strip():
-            self._error(message, "persona must be a persona name")
-            return
-        session_id = self._session(message).session_id
-        try:
-            persona = self.engine.set_active(session_id, name)
-        except NoPersonaError as err:
-            self._error(message, f"{err}; known personas: {self._persona_names()}")
-            return
-        message = self._announce_persona(message, self._session(message), persona.name)
-        self._respond(message, {"persona": persona.name, "session_id": session_id})
-
-    # -- OVOS persona protocol (OVOS-PERSONA-1) ---------------------------------------------------
-
-    def _announce_persona(self, message: Message, session: Session, persona_id: Optional[str],
-                          dismissed: str = "") -> Message:
-        """Set (or clear) ``persona_id`` in the session we reply with and announce the change.
-
-        Returns the message to build further replies from, so they carry the new session.
-        """
-        outgoing = self._outgoing(message)
-        context = copy.deepcopy(outgoing.context) if isinstance(outgoing.context, dict) else {}
-        carried = context.get("session")
-        if not isinstance(carried, dict):
-            carried = {"session_id": session.session_id}
-        if persona_id:
-            carried["persona_id"] = persona_id
-        else:
-            carried.pop("persona_id", None)
-        context["session"] = carried
-        updated = Message(message.msg_type, message.data, context)
-        if persona_id:
-            self.bus.emit(updated.forward("ovos.persona.activated",
-                                          {"persona_id": persona_id, "session_id": session.session_id}))
-        elif dismissed:
-            self.bus.emit(updated.forward("ovos.persona.dismissed",
-                                          {"persona_id": dismissed, "session_id": session.session_id}))
-        return updated
-
-    def handle_persona_list(self, message: Message) -> None:
-        """``ovos.persona.list`` -> ``.response`` {pipeline_id, personas: [{persona_id, name, tags}]}."""
-        personas = [{"persona_id": persona.name, "name": persona.name, "tags": list(persona.tags)}
-                    for _, persona in sorted(self.engine.personas.items())]
-        self._respond(message, {"pipeline_id": self.skill_id, "personas": personas})
-
-    def handle_persona_query(self, message: Message) -> None:
-        """``ovos.persona.query`` {persona_id, utterance}: answered from a thread of its own."""
-        threading.Thread(target=self._run_persona_query, args=(message,), daemon=True,
-                         name=f"query-{self.skill_id}").start()
-
-    def _run_persona_query(self, message: Message) -> None:
-        """Answer with ``ovos.persona.answer``: ``response`` for ours, ``error`` for every other outcome.
-
-        The exchange reads the session's history but is not added to it: an out-of-band lookup
-        does not become part of the spoken conversation.
-        """
-        data = message.data if isinstance(message.data, dict) else None
-        persona_id = data.get("persona_id") if data is not None else None
-        utterance = data.get("utterance") if data is not None else None
-        echo = {"persona_id": _clean(persona_id) if isinstance(persona_id, str) else "",
-                "utterance": _clean(utterance) if isinstance(utterance, str) else ""}
-
-        def answer(**result: str) -> None:
-            self.bus.emit(self._outgoing(message).reply("ovos.persona.answer", {**echo, **result}))
-
-        try:
-            if data is None:
-                return answer(error="message data must be an object")
-            if not isinstance(persona_id, str) or not persona_id.strip():
-                return answer(error="persona_id must be non-empty text")
-            if not isinstance(utterance, str) or not utterance.strip():
-                return answer(error="utterance must be non-empty text")
-            persona = self.engine.find_persona(persona_id)
-            if persona is None:
-                return answer(error="unsupported persona_id")
-            session = self._session(message)
-            lang = self.engine.resolve_lang(self._lang(message, session), utterance, persona)
-            try:
-                result = self.engine.ask(_text(utterance), session_id=session.session_id, persona=persona.name,
-                                         lang=lang, speaker=self._speaker(message, session), remember=False)
-            except EngineBusy:
-                return answer(error="busy: too many answers at once")
-            if not result.sentences:
-                return answer(error=f"{persona.name} could not answer")
-            return answer(response=result.text)
-        except Exception as err:  # every query is answered, whatever happened
-            self.log.exception(f"ovos.persona.query failed: {err}")
-            return answer(error="the persona could not answer")
 
 
 def create_skill(*args: Any, **kwargs: Any) -> PersonaFallbackSkill:

@@ -292,3 +292,45 @@ def test_smollm2_offers_tools_through_the_generic_format(smollm2):  # noqa: F811
         assert isinstance(json.loads(call.arguments)["city"], str)
     assert solver.loaded_model.live is None
     assert "".join(ask(solver, CHAT, conversation)), "a plain answer follows on the same model"
+
+
+def test_an_http_client_gets_the_local_models_call(plain_gguf, tmp_path):
+    """The server passes a client's tools to llama-cpp (generic format) and returns its call, whole
+    and streamed, through the official SDK."""
+    pytest.importorskip("fastapi")
+    openai = pytest.importorskip("openai")
+    from ovos_skill_persona_fallback.server.app import create_app
+    from ovos_skill_persona_fallback.server.auth import KeyRing
+    from ovos_skill_persona_fallback.server.run import ServerThread
+
+    factory = CountingFactory(BiasedLlama)
+    persona = Persona(name="Tiny", solvers=("llama-cpp",), system_prompt="You are Tiny.",
+                      solver_configs={"llama-cpp": {"model": str(plain_gguf), "n_ctx": 1024, "n_threads": 1}},
+                      generation=GenerationSettings(max_tokens=16, seed=7))
+    engine = PersonaEngine(include_shipped=False, memory=ConversationMemory(tmp_path / "m.db"),
+                           known_solvers=None, default_persona="Tiny",
+                           solver_factory=lambda sid, config, context: LlamaCppSolver(config, context,
+                                                                                       llama_factory=factory))
+    engine.add_persona(persona)
+    thread = ServerThread(create_app(engine, KeyRing(["sk-tools-test-0123456789"]))).start()
+    try:
+        client = openai.OpenAI(base_url=f"{thread.url}/v1", api_key="sk-tools-test-0123456789", max_retries=0)
+        BiasedLlama.decodes = []
+        reply = client.chat.completions.create(model="Tiny", messages=[{"role": "user", "content": "paris?"}],
+                                               tools=[LOOKUP.as_openai()])
+        [call] = reply.choices[0].message.tool_calls
+        assert (call.function.name, json.loads(call.function.arguments)) == ("lookup", {"city": "Paris"})
+        assert reply.choices[0].finish_reason == "tool_calls" and reply.choices[0].message.content is None
+        assert "functions.lookup:" in BiasedLlama.decodes[0] and "You are Tiny." in BiasedLlama.decodes[0]
+        chunks = list(client.chat.completions.create(
+            model="Tiny", messages=[{"role": "user", "content": "paris?"}], tools=[LOOKUP.as_openai()], stream=True))
+        [delta] = [d for c in chunks if c.choices and c.choices[0].delta.tool_calls
+                   for d in c.choices[0].delta.tool_calls]
+        assert (delta.index, delta.function.name, json.loads(delta.function.arguments)) == \
+            (0, "lookup", {"city": "Paris"})
+        assert delta.id.startswith("call_")
+        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == \
+            ["tool_calls"]
+    finally:
+        thread.stop()
+        engine.close()

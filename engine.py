@@ -288,7 +288,7 @@ class PersonaEngine:
                client_context: str = "", generation: Optional[Mapping[str, Any]] = None,
                raw_chunks: bool = False, on_admitted: Optional[Callable[[], None]] = None,
                client_tools: Sequence[ToolDefinition] = (),
-               tool_exchange: Sequence[ChatMessage] = ()) -> AnswerStream:
+               tool_exchange: Sequence[ChatMessage] = (), tools_required: bool = False) -> AnswerStream:
         """Start answering; iterate the result for sentences as soon as each is ready.
 
         ``remember`` False keeps this exchange out of the conversation (an out-of-band lookup;
@@ -301,7 +301,8 @@ class PersonaEngine:
         ``on_admitted`` runs once the answer got its slot. ``client_tools`` (an HTTP client's
         own tools) are offered to the first solver that can call tools; the calls it asks for end
         the answer, unrun (``Answer.tool_calls``). ``tool_exchange`` (the client's tool calls and
-        their results since its question) follows the question.
+        their results since its question) follows the question; ``tools_required`` asks the
+        solver to insist on a call where it can.
         Raises ``NoPersonaError`` when ``persona`` is unknown or no persona is loaded.
         """
         chosen = self.find_persona(persona) if persona else self.active_persona(session_id)
@@ -314,7 +315,8 @@ class PersonaEngine:
             LOG.warning(f"utterance of {len(question)} characters cut to {self.max_utterance_chars}")
             question = question[:self.max_utterance_chars]
         request = AnswerRequest(history, client_context, RequestOptions(dict(generation or {})), raw_chunks,
-                                remember, on_admitted, tool_context, tuple(client_tools), tuple(tool_exchange))
+                                remember, on_admitted, tool_context, tuple(client_tools), tuple(tool_exchange),
+                                tools_required)
         sentences = self._answer(chosen, question.strip(), session_id, user_lang, speaker or Speaker(),
                                  token, answer, request)
         return AnswerStream(answer, sentences)
@@ -461,7 +463,7 @@ class PersonaEngine:
             return solver_input
         messages = list(solver_input.messages) + list(request.tool_exchange)
         if request.client_tools and link.solver is not None and link.solver.supports_tools:
-            solver = ClientToolsSolver(link.solver, request.client_tools, answer.result)
+            solver = ClientToolsSolver(link.solver, request.client_tools, answer.result, request.tools_required)
             return replace(solver_input, messages=messages, solver=solver)
         # a solver that cannot call tools answers with text, the results written into the question
         return replace(solver_input, messages=flatten_tool_messages(messages))

@@ -24,6 +24,8 @@ class AnswerRequest:
     client_tools: Tuple[ToolDefinition, ...] = ()
     #: the client's tool calls and results since its question (they follow the question)
     tool_exchange: Tuple[ChatMessage, ...] = ()
+    #: the client's ``tool_choice`` asks for a call ("required", or one named function)
+    tools_required: bool = False
 
 
 def usage_of(options: RequestOptions, chat: Sequence[ChatMessage], text: str) -> Dict[str, Any]:

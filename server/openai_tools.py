@@ -75,7 +75,7 @@ ToolChoice = Union[Literal["none", "auto", "required"], WireToolChoice, None]
 def offered_tools(tools: Optional[Sequence[WireTool]], choice: ToolChoice) -> List[ToolDefinition]:
     """The tools to offer the model: none for ``tool_choice: "none"``, the named one for a function
     choice, else all. Raises ``ValueError`` (the caller's 400) for a schema too large or a choice
-    naming no offered tool. "required" is offered as "auto": the model may still answer in text."""
+    naming no offered tool."""
     if not tools or choice == "none":
         return []
     definitions = []

@@ -13,7 +13,8 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..solvers.base import ChatMessage, Role, ToolCall, ToolDefinition
-from .openai_tools import MAX_TOOLS, ToolChoice, WireTool, WireToolCall, call_deltas, calls_of, offered_tools
+from .openai_tools import (MAX_TOOLS, ToolChoice, WireTool, WireToolCall, WireToolChoice, call_deltas, calls_of,
+                           offered_tools)
 
 MAX_STOP_SEQUENCES = 16
 MAX_TOKENS_LIMIT = 1 << 20
@@ -104,6 +105,7 @@ class EngineInput:
     #: the client's tools to offer, and its tool calls and results since the question
     tools: List[ToolDefinition] = field(default_factory=list)
     tool_exchange: List[ChatMessage] = field(default_factory=list)
+    tools_required: bool = False
 
 
 def clean_text(text: str, where: str) -> str:
@@ -188,9 +190,11 @@ def chat_input(request: ChatRequest) -> EngineInput:
         tools = offered_tools(request.tools, request.tool_choice)
     except ValueError as err:
         raise WireError(str(err), "tools") from err
+    # a named function is offered alone (offered_tools), so "call it" is "call a tool"
+    required = bool(tools) and (request.tool_choice == "required" or isinstance(request.tool_choice, WireToolChoice))
     return EngineInput(question, history, "\n\n".join(context),
                        generation_overrides(request, request.max_completion_tokens or request.max_tokens),
-                       tools, exchange)
+                       tools, exchange, required)
 
 
 def completion_input(request: CompletionRequest) -> EngineInput:

@@ -150,7 +150,8 @@ class EngineRun:
                 history=request.history if (request.history or self._stateless) else None,
                 client_context=request.client_context, generation=request.generation, raw_chunks=True,
                 remember=self._remember, on_admitted=lambda: self._post(Event(ADMITTED)),
-                client_tools=request.tools, tool_exchange=request.tool_exchange)
+                client_tools=request.tools, tool_exchange=request.tool_exchange,
+                tools_required=request.tools_required)
         except NoPersonaError as err:
             self._post(Event(MISSING, err))
             return

@@ -86,8 +86,12 @@ def parse_tool_calls(text: str) -> ToolPlan:
 
 
 def plan_with_tools(solver: "LlamaCppSolver", model: "LoadedModel", messages: Sequence[ChatMessage],
-                    tools: Sequence[ToolDefinition], cancel: CancelToken, conversation_id: str) -> ToolPlan:
-    """Ask ``model`` with ``tools`` offered; the caller holds the model's lock (see the module doc)."""
+                    tools: Sequence[ToolDefinition], cancel: CancelToken, conversation_id: str,
+                    required: bool = False) -> ToolPlan:
+    """Ask ``model`` with ``tools`` offered; the caller holds the model's lock (see the module doc).
+
+    ``required`` takes ``message:`` out of the generic format's choice; a model's own tool template
+    is asked as it is (nothing there can insist on a call)."""
     offered = [tool.as_openai() for tool in tools]
     if solver.chat_format is None and template_takes_tools(model):
         text = "".join(solver._answer(model, messages, cancel, conversation_id, tools=offered))
@@ -96,7 +100,7 @@ def plan_with_tools(solver: "LlamaCppSolver", model: "LoadedModel", messages: Se
     # the conversation leaving the context is saved first, as before any answer
     switch_conversation(model, conversation_id, solver.state_cache_size, solver.state_cache_bytes)
     try:
-        return _function_calling(model, messages, offered, settings, cancel)
+        return _function_calling(model, messages, offered, settings, cancel, required)
     except RuntimeError as err:  # llama_decode failures
         raise SolverUnavailable(f"llama.cpp failed while calling tools with {model.path}: {err}") from err
     finally:
@@ -190,7 +194,7 @@ def _schema_grammar(parameters: Any) -> str:
 
 
 def _function_calling(model: "LoadedModel", messages: Sequence[ChatMessage], offered: List[dict],
-                      settings: GenerationSettings, cancel: CancelToken) -> ToolPlan:
+                      settings: GenerationSettings, cancel: CancelToken, required: bool = False) -> ToolPlan:
     prompt = _generic_prompt(model, messages, offered)
     schemas = {tool["function"]["name"]: tool["function"].get("parameters") for tool in offered}
     functions = " | ".join(json.dumps(f"functions.{name}:") for name in schemas)
@@ -198,7 +202,8 @@ def _function_calling(model: "LoadedModel", messages: Sequence[ChatMessage], off
     calls: List[ToolCall] = []
     try:
         # the choice is greedy, as the library makes it: a sampled choice would flip between turns
-        choice = decode(prompt, f"root ::= functions | \"message:\"\nfunctions ::= {functions}\n",
+        first = "root ::= functions\n" if required else "root ::= functions | \"message:\"\n"
+        choice = decode(prompt, f"{first}functions ::= {functions}\n",
                         max_tokens=CHOICE_TOKENS, temperature=0.0, stop=(":",))
         while not cancel.cancelled:
             name = choice[len("functions."):].rstrip(":") if choice.startswith("functions.") else ""

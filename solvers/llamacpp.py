@@ -250,7 +250,7 @@ class LlamaCppSolver(Solver):
             model.lock.release()
 
     def plan(self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition], *, lang: str,
-             cancel: CancelToken, conversation_id: str = "") -> ToolPlan:
+             cancel: CancelToken, conversation_id: str = "", required: bool = False) -> ToolPlan:
         """Offer ``tools`` to the model (see ``llama_tools``); an empty plan once ``cancel`` is set."""
         if cancel.cancelled:
             return ToolPlan()
@@ -259,7 +259,7 @@ class LlamaCppSolver(Solver):
             return ToolPlan()
         try:
             cancel.mark_started()
-            return plan_with_tools(self, model, messages, tools, cancel, conversation_id)
+            return plan_with_tools(self, model, messages, tools, cancel, conversation_id, required)
         finally:
             model.lock.release()
 

@@ -162,6 +162,14 @@ def test_the_generic_format_choosing_a_message_returns_an_empty_plan(plain_gguf)
     assert len(MessageLlama.decodes) == 1, "no arguments decoded after 'message:'"
 
 
+def test_required_takes_the_message_choice_away(plain_gguf):
+    MessageLlama.decodes = []
+    solver = make_solver(plain_gguf, llama_factory=CountingFactory(MessageLlama))
+    plan = solver.plan(CHAT, [LOOKUP], lang="en", cancel=CancelToken(), conversation_id=conversation_id("req"),
+                       required=True)
+    assert [(c.name, json.loads(c.arguments)) for c in plan.calls] == [("lookup", {"city": "Paris"})]
+
+
 def test_tool_results_reach_the_generic_prompt_as_user_turns(plain_gguf):
     BiasedLlama.decodes = []
     solver = make_solver(plain_gguf, llama_factory=CountingFactory(BiasedLlama))

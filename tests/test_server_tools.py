@@ -96,7 +96,7 @@ def test_the_clients_results_reach_the_model_and_it_answers(serve, openai_server
         {"role": "tool", "content": '{"celsius": 14}', "tool_call_id": "up_1"}]
 
 
-def test_tool_choice_none_and_a_named_function(serve, openai_server):
+def test_tool_choice_none_named_and_required(serve, openai_server):
     served = serve(echo_persona(openai_server.url))
     client = served.openai()
     openai_server.script(text_stream("No tools today."))
@@ -108,7 +108,15 @@ def test_tool_choice_none_and_a_named_function(serve, openai_server):
     client.chat.completions.create(model="Echo", messages=[{"role": "user", "content": "time?"}],
                                    tools=[WEATHER, CLOCK],
                                    tool_choice={"type": "function", "function": {"name": "get_time"}})
+    # a named function is offered alone, and the model is told it must call
     assert openai_server.requests[1].body["tools"] == [CLOCK]
+    assert openai_server.requests[1].body["tool_choice"] == "required"
+    openai_server.script(upstream_call_reply(("up_4", "get_weather", '{"city": "Oslo"}')))
+    reply = client.chat.completions.create(model="Echo", messages=[{"role": "user", "content": "hm"}],
+                                           tools=[WEATHER, CLOCK], tool_choice="required")
+    assert reply.choices[0].message.tool_calls[0].id == "up_4"
+    assert openai_server.requests[2].body["tools"] == [WEATHER, CLOCK]
+    assert openai_server.requests[2].body["tool_choice"] == "required"
 
 
 @pytest.mark.parametrize("messages,tools,tool_choice,fragment", [

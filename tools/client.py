@@ -18,7 +18,7 @@ __all__ = ["ClientToolsSolver"]
 class ClientToolsSolver(Solver):
     """One answer of ``inner`` with a client's tools offered; calls go to ``result.tool_calls``, unrun."""
 
-    def __init__(self, inner: Solver, tools: Sequence[ToolDefinition], result: Any) -> None:
+    def __init__(self, inner: Solver, tools: Sequence[ToolDefinition], result: Any, required: bool = False) -> None:
         super().__init__(inner.config, inner.context)
         self.inner = inner
         self.solver_id = inner.solver_id
@@ -29,11 +29,14 @@ class ClientToolsSolver(Solver):
         self.tools: Tuple[ToolDefinition, ...] = tuple(tools)
         #: the chain's ``ChainResult``: the calls are set on it before the stream ends
         self.result = result
+        #: the client's ``tool_choice`` was "required" or named one function
+        self.required = required
 
     def stream(self, messages: Sequence[ChatMessage], *, lang: str, cancel: CancelToken,
                conversation_id: str = "") -> Iterator[str]:
+        extra = {"required": True} if self.required else {}  # solvers without the keyword still serve "auto"
         plan: ToolPlan = self.inner.plan(messages, self.tools, lang=lang, cancel=cancel,
-                                         conversation_id=conversation_id)
+                                         conversation_id=conversation_id, **extra)
         if cancel.cancelled:
             return
         if plan.calls:
@@ -47,9 +50,10 @@ class ClientToolsSolver(Solver):
                                      conversation_id=conversation_id)
 
     def plan(self, messages: Sequence[ChatMessage], tools, *, lang: str, cancel: CancelToken,
-             conversation_id: str = "") -> ToolPlan:
+             conversation_id: str = "", required: bool = False) -> ToolPlan:
         """Delegated to the wrapped solver."""
-        return self.inner.plan(messages, tools, lang=lang, cancel=cancel, conversation_id=conversation_id)
+        extra = {"required": True} if required else {}
+        return self.inner.plan(messages, tools, lang=lang, cancel=cancel, conversation_id=conversation_id, **extra)
 
     def forget(self, conversation_id: str) -> None:
         self.inner.forget(conversation_id)

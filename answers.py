@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Protocol
+from typing import Any, Dict, Iterator, List, Optional, Protocol, Tuple
 
 from .chain import ChainResult, SolverFailure
+from .solvers.base import ToolCall
 from .tools import ToolUsingSolver
 
 
@@ -50,6 +51,11 @@ class Answer:
     def failures(self) -> List[SolverFailure]:
         """Every solver failure met on the way."""
         return self.result.failures
+
+    @property
+    def tool_calls(self) -> Tuple[ToolCall, ...]:
+        """Calls the model asked an HTTP client to run (``client_tools``); empty otherwise."""
+        return self.result.tool_calls
 
     def tool_note(self) -> str:
         """One line naming the tools this answer used ("" when none ran)."""

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, T
 from ovos_utils.log import LOG
 
 from .solvers.base import (CancelToken, ChatMessage, RequestOptions, Role, Solver, SolverError,
-                           SolverTimeout, last_user_text, use_request_options)
+                           SolverTimeout, ToolCall, last_user_text, use_request_options)
 
 DEFAULT_FIRST_CHUNK_TIMEOUT = 30.0
 DEFAULT_TOTAL_TIMEOUT = 120.0
@@ -109,11 +109,13 @@ class ChainResult:
     failures: List[SolverFailure] = field(default_factory=list)
     cancelled: bool = False
     interrupted: bool = False
+    #: calls for an HTTP client to run (set by ``tools.ClientToolsSolver`` before its stream ends)
+    tool_calls: Tuple[ToolCall, ...] = ()
 
     @property
     def answered(self) -> bool:
-        """True when some solver produced text."""
-        return bool(self.text)
+        """True when some solver produced text (or tool calls for the client)."""
+        return bool(self.text or self.tool_calls)
 
 
 _CHUNK, _END, _ERROR, _STARTED = "chunk", "end", "error", "started"
@@ -233,7 +235,9 @@ class SolverChain:
                     result.text += value
                     yield value
                 elif kind == _END:
-                    if not got_text:
+                    if not got_text and result.tool_calls:  # calls and no text: an answer all the same
+                        result.solver_id, result.lang = link.solver_id, request.lang
+                    elif not got_text:
                         result.failures.append(SolverFailure(
                             link.solver_id, SolverError(f"{link.solver_id} gave no answer")))
                     return

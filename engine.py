@@ -29,10 +29,10 @@ from .prompt import Speaker, build_messages, placeholder_values, with_answer_ins
 from .reasoning import ThinkFilter
 from .request import AnswerRequest, usage_of
 from .solvers import create_solver, known_solver_ids
-from .solvers.base import CancelToken, ChatMessage, RequestOptions, Role
+from .solvers.base import CancelToken, ChatMessage, RequestOptions, Role, ToolDefinition
 from .sessions import ActivePersonas, Flight, Flights
 from .speech import SentenceSplitter
-from .tools import ToolExecutor, ToolUsingSolver
+from .tools import ClientToolsSolver, ToolExecutor, ToolUsingSolver, flatten_tool_messages
 
 __all__ = ["Answer", "AnswerStream", "EngineBusy", "NoPersonaError", "PersonaEngine", "Translator"]
 
@@ -176,7 +176,9 @@ class PersonaEngine:
                cancel: Optional[CancelToken] = None, remember: bool = True,
                tool_context: Any = None, history: Optional[Sequence[ChatMessage]] = None,
                client_context: str = "", generation: Optional[Mapping[str, Any]] = None,
-               raw_chunks: bool = False, on_admitted: Optional[Callable[[], None]] = None) -> AnswerStream:
+               raw_chunks: bool = False, on_admitted: Optional[Callable[[], None]] = None,
+               client_tools: Sequence[ToolDefinition] = (),
+               tool_exchange: Sequence[ChatMessage] = (), tools_required: bool = False) -> AnswerStream:
         """Start answering; iterate the result for sentences as soon as each is ready.
 
         ``remember`` False keeps this exchange out of the conversation (an out-of-band lookup;
@@ -186,7 +188,11 @@ class PersonaEngine:
         turns; ``client_context`` follows the injected context in the system message;
         ``generation`` overrides sampling keys (``REQUEST_GENERATION_KEYS``); ``raw_chunks``
         yields the solver's chunks as they come (sentences still, when translating);
-        ``on_admitted`` runs once the answer got its slot.
+        ``on_admitted`` runs once the answer got its slot. ``client_tools`` (an HTTP client's
+        own tools) are offered to the first solver that can call tools; the calls it asks for end
+        the answer, unrun (``Answer.tool_calls``). ``tool_exchange`` (the client's tool calls and
+        their results since its question) follows the question; ``tools_required`` asks the
+        solver to insist on a call where it can.
         Raises ``NoPersonaError`` when ``persona`` is unknown or no persona is loaded.
         """
         chosen = self.find_persona(persona) if persona else self.active_persona(session_id)
@@ -199,7 +205,8 @@ class PersonaEngine:
             LOG.warning(f"utterance of {len(question)} characters cut to {self.max_utterance_chars}")
             question = question[:self.max_utterance_chars]
         request = AnswerRequest(history, client_context, RequestOptions(dict(generation or {})), raw_chunks,
-                                remember, on_admitted, tool_context)
+                                remember, on_admitted, tool_context, tuple(client_tools), tuple(tool_exchange),
+                                tools_required)
         sentences = self._answer(chosen, question.strip(), session_id, user_lang, speaker or Speaker(),
                                  token, answer, request)
         return AnswerStream(answer, sentences)
@@ -264,6 +271,7 @@ class PersonaEngine:
 
             def prepare(link: ChainLink) -> SolverInput:
                 solver_input = replace(ask(link), options=request.options)
+                solver_input = self._with_client_tools(link, solver_input, request, answer)
                 return self._with_tools(link, persona, solver_input, request.tool_context, answer)
 
             def ask(link: ChainLink) -> SolverInput:
@@ -334,6 +342,19 @@ class PersonaEngine:
         solver = ToolUsingSolver(link.solver, persona.tools, self.tool_executor, tool_context)
         answer.tool_runs.append(solver)
         return replace(request, solver=solver)
+
+    @staticmethod
+    def _with_client_tools(link: ChainLink, solver_input: SolverInput, request: AnswerRequest,
+                           answer: Answer) -> SolverInput:
+        """Offer an HTTP client's tools (the calls go back to it); others get the exchange as text."""
+        if not request.client_tools and not request.tool_exchange:
+            return solver_input
+        messages = list(solver_input.messages) + list(request.tool_exchange)
+        if request.client_tools and link.solver is not None and link.solver.supports_tools:
+            solver = ClientToolsSolver(link.solver, request.client_tools, answer.result, request.tools_required)
+            return replace(solver_input, messages=messages, solver=solver)
+        # a solver that cannot call tools answers with text, the results written into the question
+        return replace(solver_input, messages=flatten_tool_messages(messages))
 
     def _to_user(self, sentence: str, solver_lang: Optional[str], user_lang: str, answer: Answer) -> str:
         spoken = sentence

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from .prompt import estimate_tokens
-from .solvers.base import ChatMessage, RequestOptions
+from .solvers.base import ChatMessage, RequestOptions, ToolDefinition
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,12 @@ class AnswerRequest:
     on_admitted: Optional[Callable[[], None]] = None
     #: the front end's context for the persona's tools (the skill's bus request); None: no tools
     tool_context: Any = None
+    #: an HTTP client's own tools, offered to the model; the calls go back to the client unrun
+    client_tools: Tuple[ToolDefinition, ...] = ()
+    #: the client's tool calls and results since its question (they follow the question)
+    tool_exchange: Tuple[ChatMessage, ...] = ()
+    #: the client's ``tool_choice`` asks for a call ("required", or one named function)
+    tools_required: bool = False
 
 
 def usage_of(options: RequestOptions, chat: Sequence[ChatMessage], text: str) -> Dict[str, Any]:

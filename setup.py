@@ -29,6 +29,8 @@ setup(
         "rapidfuzz>=3,<4",
         "requests>=2.28,<3",
         "rivescript>=1.15,<2",
+        # tool argument schemas (tools/spec.py)
+        "jsonschema>=4.18,<5",
     ],
     extras_require={
         "llama": ["llama-cpp-python>=0.3.16,<0.4", "huggingface_hub>=2.0,<3"],

@@ -125,7 +125,9 @@ def create_app(engine: PersonaEngine, keys: Optional[KeyRing] = None, *,
             chunks = openai_wire.ChatChunks(persona.name, include_usage)
             return _sse(chat_stream(run, chunks))
         text = await _watched(request, run, run.collect())
-        return openai_wire.chat_completion(persona.name, text, openai_wire.finish_reason(_usage(run)), _usage(run))
+        calls = run.answer.tool_calls if run.answer is not None else ()
+        return openai_wire.chat_completion(persona.name, text, openai_wire.finish_reason(_usage(run)), _usage(run),
+                                           calls)
 
     @app.post("/v1/completions")
     async def completions(body: openai_wire.CompletionRequest, request: Request,

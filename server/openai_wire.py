@@ -12,7 +12,9 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..solvers.base import ChatMessage, Role
+from ..solvers.base import ChatMessage, Role, ToolCall, ToolDefinition
+from .openai_tools import (MAX_TOOLS, ToolChoice, WireTool, WireToolCall, WireToolChoice, call_deltas, calls_of,
+                           offered_tools)
 
 MAX_STOP_SEQUENCES = 16
 MAX_TOKENS_LIMIT = 1 << 20
@@ -43,9 +45,12 @@ class WireMessage(BaseModel):
     """One chat message as OpenAI clients send it."""
 
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, List[TextPart], None] = None
     name: Optional[str] = None
+    #: an assistant message's calls (the client ran them) and a tool message's answer to one
+    tool_calls: Optional[List[WireToolCall]] = None
+    tool_call_id: Optional[str] = Field(None, max_length=256)
 
 
 class StreamOptions(BaseModel):
@@ -75,6 +80,9 @@ class ChatRequest(Sampling):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    #: the client's own tools: offered to the model, the calls returned to the client (openai_tools)
+    tools: Optional[List[WireTool]] = Field(None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice = None
 
 
 class CompletionRequest(Sampling):
@@ -94,6 +102,10 @@ class EngineInput:
     history: List[ChatMessage] = field(default_factory=list)
     client_context: str = ""
     generation: Dict[str, Any] = field(default_factory=dict)
+    #: the client's tools to offer, and its tool calls and results since the question
+    tools: List[ToolDefinition] = field(default_factory=list)
+    tool_exchange: List[ChatMessage] = field(default_factory=list)
+    tools_required: bool = False
 
 
 def clean_text(text: str, where: str) -> str:
@@ -143,8 +155,17 @@ def generation_overrides(request: Sampling, max_tokens: Optional[int] = None) ->
     return overrides
 
 
+def _turn(message: WireMessage, text: str, index: int) -> ChatMessage:
+    if message.role == "tool":
+        if not message.tool_call_id:
+            raise WireError(f"messages[{index}]: a tool message needs its tool_call_id", f"messages[{index}]")
+        return ChatMessage(Role.TOOL, text, tool_call_id=message.tool_call_id)
+    return ChatMessage(Role(message.role), text, tool_calls=calls_of(message.tool_calls))
+
+
 def chat_input(request: ChatRequest) -> EngineInput:
-    """Split a chat request into question, earlier turns and client context (system messages)."""
+    """Split a chat request into question, earlier turns, client context (system messages), and the
+    tool exchange after the question (assistant calls and ``tool`` results, for the client's tools)."""
     context: List[str] = []
     turns: List[ChatMessage] = []
     for index, message in enumerate(request.messages):
@@ -153,15 +174,27 @@ def chat_input(request: ChatRequest) -> EngineInput:
             if text.strip():
                 context.append(text.strip())
         else:
-            turns.append(ChatMessage(Role(message.role), text))
-    if not turns or turns[-1].role is not Role.USER:
-        raise WireError("the last message (after any system messages) must be the user's", "messages")
-    question = turns[-1].content
+            turns.append(_turn(message, text, index))
+    last_user = max((i for i, turn in enumerate(turns) if turn.role is Role.USER), default=-1)
+    exchange = turns[last_user + 1:] if last_user >= 0 else []
+    if last_user < 0 or (exchange and not any(turn.role is Role.TOOL for turn in exchange)):
+        raise WireError("the last message (after any system messages) must be the user's, or a tool result",
+                        "messages")
+    question = turns[last_user].content
     if not question.strip():
         raise WireError("the user's last message is empty", "messages")
-    history = [turn for turn in turns[:-1] if turn.content.strip()]
+    # earlier rounds' tool internals stay out: the assistant's answers after them carry what they gave
+    history = [turn for turn in turns[:last_user]
+               if turn.content.strip() and turn.role is not Role.TOOL and not turn.tool_calls]
+    try:
+        tools = offered_tools(request.tools, request.tool_choice)
+    except ValueError as err:
+        raise WireError(str(err), "tools") from err
+    # a named function is offered alone (offered_tools), so "call it" is "call a tool"
+    required = bool(tools) and (request.tool_choice == "required" or isinstance(request.tool_choice, WireToolChoice))
     return EngineInput(question, history, "\n\n".join(context),
-                       generation_overrides(request, request.max_completion_tokens or request.max_tokens))
+                       generation_overrides(request, request.max_completion_tokens or request.max_tokens),
+                       tools, exchange, required)
 
 
 def completion_input(request: CompletionRequest) -> EngineInput:
@@ -226,6 +259,11 @@ class ChatChunks:
         """A chunk of answer text."""
         return self._chunk([{"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}])
 
+    def tool_calls(self, calls: Sequence[ToolCall]) -> dict:
+        """The chunk carrying the calls the client is to run (each whole, with its index)."""
+        return self._chunk([{"index": 0, "delta": {"tool_calls": call_deltas(calls)}, "logprobs": None,
+                             "finish_reason": None}])
+
     def finish(self, reason: str) -> dict:
         """The chunk that ends the choice."""
         return self._chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}])
@@ -237,12 +275,17 @@ class ChatChunks:
         return chunk
 
 
-def chat_completion(model: str, text: str, finish_reason: str, usage: Dict[str, Any]) -> dict:
-    """Return a whole ``chat.completion`` object."""
+def chat_completion(model: str, text: str, finish_reason: str, usage: Dict[str, Any],
+                    tool_calls: Sequence[ToolCall] = ()) -> dict:
+    """Return a whole ``chat.completion`` object (with ``tool_calls`` for the client to run, if any)."""
+    message: Dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["content"] = text or None
+        message["tool_calls"] = [call.as_dict() for call in tool_calls]
+        finish_reason = "tool_calls"
     return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()),
             "model": model, "system_fingerprint": None,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
             "usage": wire_usage(usage)}
 
 

@@ -149,7 +149,9 @@ class EngineRun:
                 request.question, session_id=self._session_id, persona=self._persona, cancel=self.token,
                 history=request.history if (request.history or self._stateless) else None,
                 client_context=request.client_context, generation=request.generation, raw_chunks=True,
-                remember=self._remember, on_admitted=lambda: self._post(Event(ADMITTED)))
+                remember=self._remember, on_admitted=lambda: self._post(Event(ADMITTED)),
+                client_tools=request.tools, tool_exchange=request.tool_exchange,
+                tools_required=request.tools_required)
         except NoPersonaError as err:
             self._post(Event(MISSING, err))
             return

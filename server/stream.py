@@ -24,7 +24,10 @@ async def chat_stream(run: EngineRun, chunks: ChatChunks) -> AsyncIterator[bytes
         elif event.kind == FAILED:
             yield sse(error_body(FAILED_MID_STREAM, "server_error", "internal_error"))
         elif event.kind == END:
-            yield sse(chunks.finish(finish_reason(event.value.usage)))
+            calls = event.value.tool_calls
+            if calls:  # the client's tools: its calls, then the reason that says so
+                yield sse(chunks.tool_calls(calls))
+            yield sse(chunks.finish("tool_calls" if calls else finish_reason(event.value.usage)))
             if chunks.include_usage:
                 yield sse(chunks.usage(event.value.usage))
     yield sse("[DONE]")

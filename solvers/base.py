@@ -312,10 +312,11 @@ class Solver(ABC):
         """
 
     def plan(self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition], *, lang: str,
-             cancel: CancelToken, conversation_id: str = "") -> ToolPlan:
+             cancel: CancelToken, conversation_id: str = "", required: bool = False) -> ToolPlan:
         """Ask the model with ``tools`` offered; return its text or the tool calls it wants.
 
         Only solvers with ``supports_tools`` implement it; the tool loop calls nothing else.
+        ``required`` (an HTTP client's ``tool_choice``) asks for a call where the backend can insist.
         """
         raise SolverConfigError(f"{self.solver_id} cannot call tools")
     def prepare(self) -> None:

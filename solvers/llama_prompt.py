@@ -111,23 +111,24 @@ def merge_roles(messages: Sequence[ChatMessage]) -> List[ChatMessage]:
     return merged
 
 
-def render(model: "LoadedModel", messages: Sequence[ChatMessage], chat_format: Optional[str] = None) -> Rendered:
-    """Render ``messages`` with the model's chat handler into prompt text and tokens.
+def render(model: "LoadedModel", messages: Sequence[ChatMessage], chat_format: Optional[str] = None,
+           tools: Optional[Sequence[dict]] = None) -> Rendered:
+    """Render ``messages`` (and ``tools``, OpenAI ``tools`` entries) with the model's chat handler.
 
     A template that raises on the roles (no system role, roles must alternate) is retried once
     with ``merge_roles``; if that works the model remembers it and merges from then on, so every
     turn renders the same way and the KV cache prefix stays stable.
     """
     if model.merge_roles:
-        return _render(model, merge_roles(messages), chat_format)
+        return _render(model, merge_roles(messages), chat_format, tools)
     try:
-        return _render(model, messages, chat_format)
+        return _render(model, messages, chat_format, tools)
     except SolverConfigError as err:
         merged = merge_roles(messages)
         if merged == list(messages):
             raise
         try:
-            rendered = _render(model, merged, chat_format)
+            rendered = _render(model, merged, chat_format, tools)
         except SolverConfigError:
             raise err from None  # the first error says what is wrong with the template
         LOG.info(f"llama-cpp: the chat template of {model.path} refused the roles ({err.__cause__}); "
@@ -136,10 +137,12 @@ def render(model: "LoadedModel", messages: Sequence[ChatMessage], chat_format: O
         return rendered
 
 
-def _render(model: "LoadedModel", messages: Sequence[ChatMessage], chat_format: Optional[str]) -> Rendered:
+def _render(model: "LoadedModel", messages: Sequence[ChatMessage], chat_format: Optional[str],
+            tools: Optional[Sequence[dict]] = None) -> Rendered:
     capture = _PromptCapture(model.llama)
+    offered = {"tools": list(tools), "tool_choice": "auto"} if tools else {}
     try:
-        type(model.llama).create_chat_completion(capture, messages=[m.as_dict() for m in messages])
+        type(model.llama).create_chat_completion(capture, messages=[m.as_dict() for m in messages], **offered)
     except _Captured:
         pass
     except _template_errors() as err:
@@ -158,11 +161,11 @@ def _render(model: "LoadedModel", messages: Sequence[ChatMessage], chat_format: 
 
 
 def plan(model: "LoadedModel", messages: Sequence[ChatMessage], max_tokens: int,
-         chat_format: Optional[str] = None) -> Plan:
+         chat_format: Optional[str] = None, tools: Optional[Sequence[dict]] = None) -> Plan:
     """Fit the prompt into ``n_ctx``: drop old turns, then cut the question, then shrink the answer."""
     n_ctx = model.n_ctx
     messages = list(messages)
-    result = Plan(messages, render(model, messages, chat_format), max_tokens)
+    result = Plan(messages, render(model, messages, chat_format, tools), max_tokens)
 
     def over() -> int:
         return len(result.rendered.tokens) + result.max_tokens - n_ctx
@@ -182,12 +185,12 @@ def plan(model: "LoadedModel", messages: Sequence[ChatMessage], max_tokens: int,
     while over() > 0 and groups:
         dropped.update(groups.pop(0))
         result.messages = [m for i, m in enumerate(messages) if i not in dropped]
-        result.rendered = render(model, result.messages, chat_format)
+        result.rendered = render(model, result.messages, chat_format, tools)
     result.dropped_messages = len(dropped)
     if result.dropped_messages:
         LOG.debug(f"llama-cpp: dropped {result.dropped_messages} old messages to fit n_ctx={n_ctx}")
     if over() > 0 and 0 <= last_user < len(messages) and messages[last_user].role is Role.USER:
-        _cut_question(model, result, messages[last_user], chat_format)
+        _cut_question(model, result, messages[last_user], chat_format, tools)
     if over() > 0:
         budget = n_ctx - len(result.rendered.tokens)
         if budget < 1:
@@ -199,7 +202,8 @@ def plan(model: "LoadedModel", messages: Sequence[ChatMessage], max_tokens: int,
     return result
 
 
-def _cut_question(model: "LoadedModel", result: Plan, question: ChatMessage, chat_format: Optional[str]) -> None:
+def _cut_question(model: "LoadedModel", result: Plan, question: ChatMessage, chat_format: Optional[str],
+                  tools: Optional[Sequence[dict]] = None) -> None:
     """Keep the END of an over-long question: a spoken request usually ends with what is asked."""
     llama = model.llama
     index = max(i for i, m in enumerate(result.messages) if m is question)
@@ -210,7 +214,7 @@ def _cut_question(model: "LoadedModel", result: Plan, question: ChatMessage, cha
         text = llama.detokenize(tokens[len(tokens) - keep:]).decode("utf-8", errors="ignore").lstrip()
         messages = list(result.messages)
         messages[index] = ChatMessage(Role.USER, text)
-        rendered = render(model, messages, chat_format)
+        rendered = render(model, messages, chat_format, tools)
         result.messages, result.rendered, result.question_truncated = messages, rendered, True
         excess = len(rendered.tokens) + result.max_tokens - model.n_ctx
         if excess <= 0 or keep <= floor:

@@ -38,12 +38,14 @@ from ..models.hub import ensure_model, logging_progress, resolve_model
 from ..models.refs import is_hub_ref
 
 from .base import (CancelToken, ChatMessage, GenerationSettings, Solver, SolverConfigError,
-                   SolverContext, SolverUnavailable, request_generation, request_options)
+                   SolverContext, SolverUnavailable, ToolDefinition, ToolPlan, request_generation,
+                   request_options)
 from .llama_cache import (common_prefix, drop_span, forget as forget_conversation, remember, splice,
                           switch_conversation)
 from .llama_models import (MODEL_ENV, LlamaFactory, LoadedModel, acquire_model, check_model_file,
                            default_llama_factory, load_llama, loaded_models, release_model)
 from .llama_prompt import plan as plan_prompt
+from .llama_tools import plan_with_tools
 
 #: the model path variable the llama chatbot seed reads, honoured after PERSONA_MODEL
 MODEL_PATH_ENV = "MODEL_PATH"
@@ -98,6 +100,8 @@ class LlamaCppSolver(Solver):
     supports_history = True
     #: loading the model and waiting for it do not count against the chain's first-chunk deadline
     reports_start = True
+    #: function calling: the model's own template when it takes tools, else chatml-function-calling
+    supports_tools = True
 
     def __init__(self, config: Mapping[str, Any], context: SolverContext, *,
                  llama_factory: Optional[LlamaFactory] = None) -> None:
@@ -245,11 +249,25 @@ class LlamaCppSolver(Solver):
         finally:
             model.lock.release()
 
+    def plan(self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition], *, lang: str,
+             cancel: CancelToken, conversation_id: str = "", required: bool = False) -> ToolPlan:
+        """Offer ``tools`` to the model (see ``llama_tools``); an empty plan once ``cancel`` is set."""
+        if cancel.cancelled:
+            return ToolPlan()
+        model = self._ensure_model()
+        if not model.lock.acquire(cancel):
+            return ToolPlan()
+        try:
+            cancel.mark_started()
+            return plan_with_tools(self, model, messages, tools, cancel, conversation_id, required)
+        finally:
+            model.lock.release()
+
     def _answer(self, model: LoadedModel, messages: Sequence[ChatMessage], cancel: CancelToken,
-                conversation_id: str) -> Iterator[str]:
+                conversation_id: str, tools: Optional[Sequence[dict]] = None) -> Iterator[str]:
         llama = model.llama
         settings = request_generation(self.generation)  # a server request may override sampling
-        plan = plan_prompt(model, messages, settings.max_tokens, self.chat_format)
+        plan = plan_prompt(model, messages, settings.max_tokens, self.chat_format, tools)
         restored = switch_conversation(model, conversation_id, self.state_cache_size, self.state_cache_bytes)
         shifted = drop_span(model, plan.rendered)
         tokens = splice(model, plan.rendered)
@@ -291,7 +309,8 @@ class LlamaCppSolver(Solver):
                     break
                 completion += 1
                 before = len(text)
-                text += decoder.decode(model.piece(token, False))
+                # with tools, markers such as <tool_call> may be special tokens: keep their text
+                text += decoder.decode(model.piece(token, tools is not None))
                 if stops:
                     window = max(0, before - max(len(s) for s in stops) + 1)
                     hits = [i for i in (text.find(s, window) for s in stops) if i >= 0]

@@ -248,8 +248,8 @@ class OpenAISolver(Solver):
             call.close()
 
     def plan(self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition], *, lang: str,
-             cancel: CancelToken, conversation_id: str = "") -> ToolPlan:
-        """Ask with ``tools`` offered (``tool_choice: auto``); return the text and the calls asked for.
+             cancel: CancelToken, conversation_id: str = "", required: bool = False) -> ToolPlan:
+        """Ask with ``tools`` offered (``tool_choice: auto``, or ``required``); return the text and the calls.
 
         Streamed replies are read to the end, their ``tool_calls`` deltas assembled into calls.
         """
@@ -263,7 +263,8 @@ class OpenAISolver(Solver):
             self._discover_model(headers, cancel, call)
             offered = [tool.as_openai() for tool in tools]
             for plan in self._http.with_retries(
-                    lambda: self._plan_attempt(messages, offered, lang, conversation_id, headers, cancel, call),
+                    lambda: self._plan_attempt(messages, offered, lang, conversation_id, headers, cancel, call,
+                                               "required" if required else "auto"),
                     cancel):
                 return plan  # type: ignore[return-value]
             raise SolverResponseError(f"{self._redact(self.api_url)} gave no reply")
@@ -280,10 +281,10 @@ class OpenAISolver(Solver):
 
     def _plan_attempt(self, messages: Sequence[ChatMessage], offered: List[dict], lang: str,
                       conversation_id: str, headers: Mapping[str, str], cancel: CancelToken,
-                      call: Call) -> Iterator[Any]:
+                      call: Call, choice: str = "auto") -> Iterator[Any]:
         while True:
             body = self.build_body(messages, lang=lang, conversation_id=conversation_id)
-            body["tools"], body["tool_choice"] = offered, "auto"
+            body["tools"], body["tool_choice"] = offered, choice
             response = self._http.post_discovering(body, headers, cancel, call)
             if response.ok:
                 break

@@ -25,7 +25,10 @@ BAD_REQUESTS = [
     ("empty messages", {"messages": []}, {}, 400, "messages"),
     ("messages of the wrong type", {"messages": "hi"}, {}, 400, "messages"),
     ("unknown role", {"messages": [{"role": "wizard", "content": "hi"}]}, {}, 400, "role"),
-    ("tool role", {"messages": [{"role": "tool", "content": "hi"}]}, {}, 400, "role"),
+    # tool results are accepted (client tools), but only with the call they answer, after a question
+    ("tool message without its call", {"messages": [{"role": "tool", "content": "hi"}]}, {}, 400, "tool_call_id"),
+    ("tool message without a question", {"messages": [{"role": "tool", "content": "hi", "tool_call_id": "c"}]},
+     {}, 400, "user"),
     ("content of the wrong type", {"messages": [{"role": "user", "content": 5}]}, {}, 400, "content"),
     ("image content", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, {}, 400, "text"),
     ("last message not the user's", {"messages": [USER, {"role": "assistant", "content": "x"}]}, {}, 400, "user"),

@@ -162,9 +162,10 @@ class ToolUsingSolver(Solver):
         return text
 
     def plan(self, messages: Sequence[ChatMessage], tools, *, lang: str, cancel: CancelToken,
-             conversation_id: str = "") -> ToolPlan:
+             conversation_id: str = "", required: bool = False) -> ToolPlan:
         """Delegated: a wrapped solver offers its own tools only through ``stream``."""
-        return self.inner.plan(messages, tools, lang=lang, cancel=cancel, conversation_id=conversation_id)
+        extra = {"required": True} if required else {}
+        return self.inner.plan(messages, tools, lang=lang, cancel=cancel, conversation_id=conversation_id, **extra)
 
     def forget(self, conversation_id: str) -> None:
         self.inner.forget(conversation_id)

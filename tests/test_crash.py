@@ -18,9 +18,14 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
+import pytest
+
 from crash_worker import PERSONA, SESSION, hammer_answer, question
 from openai_server import FakeOpenAIServer, SSEStream, chat_chunk, sse
 from ovos_skill_persona_fallback.memory import BUSY_TIMEOUT_MS, ConversationMemory
+
+# in the full run, not the quick lane (-m "not slow"): kill -9 and multi-process writers
+pytestmark = pytest.mark.slow
 
 WORKER = Path(__file__).resolve().parent / "crash_worker.py"
 EVENT_TIMEOUT_S = 30.0

@@ -11,6 +11,9 @@ from ovos_skill_persona_fallback.ovos_stack import SKILL_ID, OVOSStack, session_
 from conftest import PLUGIN_SITE, PLUGINS
 from openai_server import EndlessStream, FakeOpenAIServer, SSEStream, chat_chunk, sse
 
+# in the full run, not the quick lane (-m "not slow"): real ovos-messagebus + ovos-core processes
+pytestmark = pytest.mark.slow
+
 FALLBACK = f"ovos.skills.fallback.{SKILL_ID}"
 
 

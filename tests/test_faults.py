@@ -33,6 +33,9 @@ from ovos_skill_persona_fallback.solvers.base import (SolverConfigError, SolverR
                                                       SolverTimeout, SolverUnavailable)
 from ovos_skill_persona_fallback.translation import Translator
 
+# in the full run, not the quick lane (-m "not slow"): the fault table
+pytestmark = pytest.mark.slow
+
 SECRET = "sk-fault-injection-0123456789"
 SESSION = "faults"
 QUESTION = "What is the answer?"

@@ -22,6 +22,9 @@ from ovos_skill_persona_fallback.solvers.base import ChatMessage, Role
 from openai_server import SSEStream, chat_chunk, openai_server, sse  # noqa: F401 - openai_server is a fixture
 from test_skill import ask, intent, request, skill_env  # noqa: F401 - skill_env is a fixture
 
+# in the full run, not the quick lane (-m "not slow"): the isolation table over every entry point
+pytestmark = pytest.mark.slow
+
 U, A, S = Role.USER, Role.ASSISTANT, Role.SYSTEM
 
 

@@ -30,6 +30,9 @@ from ovos_skill_persona_fallback.memory import ConversationMemory
 from openai_server import (JSONReply, SSEStream, chat_chunk, error_body, error_reply,  # noqa: F401
                            openai_server, sse)
 
+# in the full run, not the quick lane (-m "not slow"): the secrets sweep (111 cases)
+pytestmark = pytest.mark.slow
+
 KEY = "sk-test-SECRET-7f3a9c"
 #: what must never appear: the key, its distinctive suffix, and each half of that suffix
 LEAKS = (KEY, "SECRET-7f3a9c", "SECRET", "7f3a9c")

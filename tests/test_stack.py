@@ -14,6 +14,9 @@ import pytest
 from ovos_skill_persona_fallback.ovos_stack import (END_OF_UTTERANCE, SKILL_ID, OVOSStack, installed_skill_ids,
                                               port_is_open, session_id_of)
 
+# in the full run, not the quick lane (-m "not slow"): real ovos-messagebus + ovos-core processes
+pytestmark = pytest.mark.slow
+
 STARTUP_BUDGET = 30.0
 
 

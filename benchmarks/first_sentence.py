@@ -36,6 +36,9 @@ Fairness:
 - The order of the three sides rotates every repetition, so drift of the machine hits all;
   two untimed warm-up rounds load the models first. Medians over ``--reps``.
 
+``--model smollm2`` (or ``--size smollm2``) answers with the real SmolLM2-135M-Instruct, whose
+sentences end where a real model's do and whose answers may end before ``--max-tokens``.
+
 The random model's vocabulary holds words ending in a period (benchmarks/common.py), so the
 first sentence usually ends after 10 to 20 tokens; when an answer holds no sentence end within
 ``--max-tokens``, its first sentence is the whole answer, delivered at the end, on every side
@@ -50,7 +53,7 @@ import time
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .common import (QUESTIONS, SYSTEM_PROMPT, base_parser, benchmark_model, describe_model, engine_solver,
+from .common import (QUESTIONS, SMOLLM2, SYSTEM_PROMPT, base_parser, benchmark_model, describe_model, engine_solver,
                      in_fresh_thread, llama_block, llama_engine, llama_persona, median, percentile,
                      print_ratio, print_table, quiet_logs, ratio_part, raw_llama, repetitions, sampling_kwargs)
 
@@ -136,7 +139,7 @@ def on_fresh_thread(function: Callable[..., Sample], *args: Any) -> Sample:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = base_parser(__doc__, reps={"tiny": 200, "small": 40, "medium": 20})
+    parser = base_parser(__doc__, reps={"tiny": 200, "small": 40, "medium": 20, SMOLLM2: 20})
     parser.add_argument("--max-tokens", type=int, default=64,
                         help="answer length limit on every side (default 64)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")

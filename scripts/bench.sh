@@ -3,7 +3,7 @@
 #   bash scripts/bench.sh                 every benchmark (about 20 minutes)
 #   bash scripts/bench.sh prompt_reuse    one of: bus_overhead first_sentence prompt_reuse throughput
 #                                         remote_path concurrency_stop memory memory_stores server_http
-#                                         concurrency_llama rss_llama (extra args go to it)
+#                                         server_overhead concurrency_llama rss_llama (extra args go to it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh "test,llama,bench"
@@ -13,7 +13,7 @@ if [ $# -gt 0 ]; then
 fi
 status=0
 for name in bus_overhead first_sentence prompt_reuse throughput remote_path concurrency_stop memory memory_stores \
-    server_http concurrency_llama rss_llama; do
+    server_http server_overhead concurrency_llama rss_llama; do
   echo "== benchmarks.$name"
   .venv/bin/python -m "benchmarks.$name" || status=1
 done

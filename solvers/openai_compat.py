@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
@@ -228,14 +229,24 @@ class OpenAISolver(Solver):
     def stream(self, messages: Sequence[ChatMessage], *, lang: str, cancel: CancelToken,
                conversation_id: str = "") -> Iterator[str]:
         """Yield the answer as it streams in; raise a ``SolverError`` (``SolverCancelled`` on cancel)."""
-        cancel.raise_if_cancelled()
-        call = Call()
-        unregister = cancel.on_cancel(call.interrupt)
-        try:
+        with self._guarded_call(cancel) as call:
             headers = self._build_headers(conversation_id)
             self._discover_model(headers, cancel, call)
             yield from self._http.with_retries(
                 lambda: self._attempt(messages, lang, conversation_id, headers, cancel, call), cancel)
+
+    @contextmanager
+    def _guarded_call(self, cancel: CancelToken) -> Iterator[Call]:
+        """One request's ``Call`` (a cancel interrupts it), with its errors made safe to show.
+
+        A failure after a cancel is the cancel; an error a server built by echoing a secret back
+        is raised again with the secret redacted.
+        """
+        cancel.raise_if_cancelled()
+        call = Call()
+        unregister = cancel.on_cancel(call.interrupt)
+        try:
+            yield call
         except SolverError as err:
             if cancel.cancelled and not isinstance(err, SolverCancelled):
                 raise SolverCancelled("cancelled") from err
@@ -255,10 +266,7 @@ class OpenAISolver(Solver):
         """
         if not self.supports_tools:
             raise SolverConfigError("openai solver: tools need mode chat")
-        cancel.raise_if_cancelled()
-        call = Call()
-        unregister = cancel.on_cancel(call.interrupt)
-        try:
+        with self._guarded_call(cancel) as call:
             headers = self._build_headers(conversation_id)
             self._discover_model(headers, cancel, call)
             offered = [tool.as_openai() for tool in tools]
@@ -268,16 +276,6 @@ class OpenAISolver(Solver):
                     cancel):
                 return plan  # type: ignore[return-value]
             raise SolverResponseError(f"{self._redact(self.api_url)} gave no reply")
-        except SolverError as err:
-            if cancel.cancelled and not isinstance(err, SolverCancelled):
-                raise SolverCancelled("cancelled") from err
-            safe = self._redact(str(err))
-            if safe != str(err):
-                raise type(err)(safe) from err.__cause__
-            raise
-        finally:
-            unregister()
-            call.close()
 
     def _plan_attempt(self, messages: Sequence[ChatMessage], offered: List[dict], lang: str,
                       conversation_id: str, headers: Mapping[str, str], cancel: CancelToken,

@@ -10,22 +10,16 @@ from __future__ import annotations
 from typing import Any, Iterator, Sequence, Tuple
 
 from ..solvers.base import CancelToken, ChatMessage, Solver, ToolDefinition, ToolPlan
-from .loop import flatten_tool_messages
+from .loop import WrappedSolver, flatten_tool_messages
 
 __all__ = ["ClientToolsSolver"]
 
 
-class ClientToolsSolver(Solver):
+class ClientToolsSolver(WrappedSolver):
     """One answer of ``inner`` with a client's tools offered; calls go to ``result.tool_calls``, unrun."""
 
     def __init__(self, inner: Solver, tools: Sequence[ToolDefinition], result: Any, required: bool = False) -> None:
-        super().__init__(inner.config, inner.context)
-        self.inner = inner
-        self.solver_id = inner.solver_id
-        self.supports_history = inner.supports_history
-        self.supported_langs = inner.supported_langs
-        self.supports_tools = True
-        self.reports_start = inner.reports_start
+        super().__init__(inner)
         self.tools: Tuple[ToolDefinition, ...] = tuple(tools)
         #: the chain's ``ChainResult``: the calls are set on it before the stream ends
         self.result = result
@@ -48,12 +42,3 @@ class ClientToolsSolver(Solver):
         # neither text nor calls (a local model chose a plain message): answer plainly, streamed
         yield from self.inner.stream(flatten_tool_messages(messages), lang=lang, cancel=cancel,
                                      conversation_id=conversation_id)
-
-    def plan(self, messages: Sequence[ChatMessage], tools, *, lang: str, cancel: CancelToken,
-             conversation_id: str = "", required: bool = False) -> ToolPlan:
-        """Delegated to the wrapped solver."""
-        extra = {"required": True} if required else {}
-        return self.inner.plan(messages, tools, lang=lang, cancel=cancel, conversation_id=conversation_id, **extra)
-
-    def forget(self, conversation_id: str) -> None:
-        self.inner.forget(conversation_id)

@@ -19,7 +19,7 @@ from ovos_utils.log import LOG
 from ..solvers.base import CancelToken, ChatMessage, Role, Solver, ToolCall, ToolPlan
 from .spec import TOOLBOX, ToolError, ToolSettings, ToolSpec, check_arguments
 
-__all__ = ["ToolExecutor", "ToolUsingSolver", "flatten_tool_messages"]
+__all__ = ["ToolExecutor", "ToolUsingSolver", "WrappedSolver", "flatten_tool_messages"]
 
 
 class ToolExecutor(Protocol):
@@ -71,16 +71,33 @@ def flatten_tool_messages(messages: Sequence[ChatMessage]) -> List[ChatMessage]:
     return plain
 
 
-class ToolUsingSolver(Solver):
-    """One answer of ``inner`` with the persona's tools; ``used`` lists what ran, for memory."""
+class WrappedSolver(Solver):
+    """A solver standing in for ``inner`` for one answer: same id and capabilities, same caches."""
 
-    def __init__(self, inner: Solver, settings: ToolSettings, executor: ToolExecutor, context: Any) -> None:
+    def __init__(self, inner: Solver) -> None:
         super().__init__(inner.config, inner.context)
         self.inner = inner
         self.solver_id = inner.solver_id
         self.supports_history = inner.supports_history
         self.supported_langs = inner.supported_langs
+        self.supports_tools = inner.supports_tools
         self.reports_start = inner.reports_start  # a local model behind tools keeps its start clock
+
+    def plan(self, messages: Sequence[ChatMessage], tools, *, lang: str, cancel: CancelToken,
+             conversation_id: str = "", required: bool = False) -> ToolPlan:
+        """Delegated to the wrapped solver."""
+        extra = {"required": True} if required else {}  # solvers without the keyword still serve "auto"
+        return self.inner.plan(messages, tools, lang=lang, cancel=cancel, conversation_id=conversation_id, **extra)
+
+    def forget(self, conversation_id: str) -> None:
+        self.inner.forget(conversation_id)
+
+
+class ToolUsingSolver(WrappedSolver):
+    """One answer of ``inner`` with the persona's tools; ``used`` lists what ran, for memory."""
+
+    def __init__(self, inner: Solver, settings: ToolSettings, executor: ToolExecutor, context: Any) -> None:
+        super().__init__(inner)
         self.settings = settings
         self.executor = executor
         self.tool_context = context
@@ -160,12 +177,3 @@ class ToolUsingSolver(Solver):
         # the outcome, never the arguments: they may hold what the user said
         LOG.info(f"tool {name} ({spec.kind if spec else 'unknown'}) -> {outcome[:200]} in {elapsed:.2f} s")
         return text
-
-    def plan(self, messages: Sequence[ChatMessage], tools, *, lang: str, cancel: CancelToken,
-             conversation_id: str = "", required: bool = False) -> ToolPlan:
-        """Delegated: a wrapped solver offers its own tools only through ``stream``."""
-        extra = {"required": True} if required else {}
-        return self.inner.plan(messages, tools, lang=lang, cancel=cancel, conversation_id=conversation_id, **extra)
-
-    def forget(self, conversation_id: str) -> None:
-        self.inner.forget(conversation_id)

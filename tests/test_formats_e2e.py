@@ -8,16 +8,10 @@ import pytest
 from ovos_bus_client.message import Message
 
 from ovos_skill_persona_fallback.ovos_stack import OVOSStack
-from openai_server import FakeOpenAIServer, SSEStream, chat_chunk, sse
+from openai_server import SSEStream, chat_chunk, sse, remote  # noqa: F401 - a fixture
 from persona_samples import CARD_V3, LOLLMS, OVOS_LLM, TAVUS, card_chunk, png
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def remote():
-    with FakeOpenAIServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

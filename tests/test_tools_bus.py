@@ -12,7 +12,7 @@ import pytest
 from ovos_bus_client.message import Message
 
 from conftest import PLUGIN_SITE
-from openai_server import FakeOpenAIServer, SSEStream, chat_chunk, sse
+from openai_server import SSEStream, chat_chunk, sse, remote  # noqa: F401 - a fixture
 from ovos_skill_persona_fallback.ovos_stack import SKILL_ID, OVOSStack, session_id_of
 
 pytestmark = pytest.mark.slow
@@ -62,12 +62,6 @@ def tool_call_stream(name: str, arguments: Dict[str, Any], call_id: str = "call_
 
 def text_stream(text: str) -> SSEStream:
     return SSEStream(sse(chat_chunk(text), chat_chunk(finish_reason="stop")), interval=0.0)
-
-
-@pytest.fixture(scope="module")
-def remote():
-    with FakeOpenAIServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -147,6 +147,8 @@ def switch_conversation(model: "LoadedModel", conversation_id: str, max_entries:
     live = model.live
     if live is not None and live.conversation_id == conversation_id:
         return False
+    if model.decoder is not None:  # several sequences: the decoder saves per sequence (llama_batch)
+        return False
     if max_entries <= 0 or max_bytes <= 0 or not model.can_save_state:
         return False
     with model.books:
@@ -221,25 +223,42 @@ class _PromptMap:
 
 
 def drop_span(model: "LoadedModel", rendered: "Rendered") -> int:
-    """Context shift: remove from the KV cache a span of cached tokens the new prompt no longer has.
+    """Context shift on the model's one sequence (see ``shift_span``); return the tokens removed."""
+    base = model.live
+    if base is None or model.llama.n_tokens != len(base.tokens):
+        return 0
+    kept = shift_span(model, base, rendered, 0)
+    if kept is None:
+        return 0
+    if not kept.tokens:  # llama.cpp refused to remove the span: the sequence was emptied
+        model.reset()
+        return 0
+    llama = model.llama
+    llama.input_ids[:len(kept.tokens)] = kept.tokens
+    llama.n_tokens = len(kept.tokens)
+    model.live = kept
+    return len(base.tokens) - len(kept.tokens)
+
+
+def shift_span(model: "LoadedModel", base: Transcript, rendered: "Rendered", seq: int) -> Optional[Transcript]:
+    """Context shift: remove from sequence ``seq`` a span of cached tokens the new prompt no longer has.
 
     A conversation longer than its memory window loses its oldest turn from the prompt, which
     changes everything after the system message; without this every such turn re-evaluates the
-    whole history. The span is found where the cached tokens stop spelling the new prompt, and
-    ends where a later run of cached tokens spells it again; llama.cpp removes it and shifts the
-    later positions down (RoPE models re-rotate their keys). Return the number of tokens removed.
+    whole history. The span is found where the cached tokens (``base``) stop spelling the new
+    prompt, and ends where a later run of cached tokens spells it again; llama.cpp removes it and
+    shifts the later positions down (RoPE models re-rotate their keys). Return what the sequence
+    holds afterwards, or None when nothing was removed (on a refusal the sequence is emptied).
     """
-    base = model.live
-    if (not model.can_shift or not model.splice_ok or base is None or not base.tokens
-            or rendered.text is None or model.llama.n_tokens != len(base.tokens)):
-        return 0
+    if (not model.can_shift or not model.splice_ok or not base.tokens or rendered.text is None):
+        return None
     prompt = _PromptMap(model, rendered)
     if not prompt.ok:
-        return 0
+        return None
     tokens = base.tokens
     diverged, _ = prompt.walk(tokens, 0, 0)
     if diverged >= len(tokens):
-        return 0  # the new prompt extends the cache: nothing to drop
+        return None  # the new prompt extends the cache: nothing to drop
     starts, position = [], 0  # byte offset of each cached token up to the divergence
     for token in tokens[:diverged + 1]:
         starts.append(position)
@@ -257,25 +276,22 @@ def drop_span(model: "LoadedModel", rendered: "Rendered") -> int:
             if run >= MIN_SHIFT_RUN and cut + run > best_reuse:
                 best, best_reuse = (cut, resume), cut + run
     if best is None:
-        return 0
+        return None
     cut, resume = best
-    lib, llama = model.lib, model.llama
-    memory = lib.llama_get_memory(llama.ctx)
-    if not lib.llama_memory_seq_rm(memory, 0, cut, resume):
-        model.reset()
-        return 0
-    lib.llama_memory_seq_add(memory, 0, resume, -1, cut - resume)
-    kept = list(tokens[:cut]) + list(tokens[resume:])
-    llama.input_ids[:len(kept)] = kept
-    llama.n_tokens = len(kept)
-    model.live = Transcript(base.conversation_id, kept)
-    return resume - cut
+    lib = model.lib
+    memory = lib.llama_get_memory(model.llama.ctx)
+    if not lib.llama_memory_seq_rm(memory, seq, cut, resume):
+        lib.llama_memory_seq_rm(memory, seq, -1, -1)
+        return Transcript(base.conversation_id, [])
+    lib.llama_memory_seq_add(memory, seq, resume, -1, cut - resume)
+    return Transcript(base.conversation_id, list(tokens[:cut]) + list(tokens[resume:]))
 
 
-def splice(model: "LoadedModel", rendered: "Rendered") -> List[int]:
-    """Return prompt tokens reusing the cached tokens whose text the new prompt repeats (module doc)."""
+def splice(model: "LoadedModel", rendered: "Rendered", base: Optional[Transcript] = None) -> List[int]:
+    """Return prompt tokens reusing the cached tokens (``base``, else the live transcript) whose text
+    the new prompt repeats (module doc)."""
     canonical = rendered.tokens
-    base = model.live
+    base = model.live if base is None else base
     if not model.splice_ok or base is None or not base.tokens or rendered.text is None:
         return canonical
     prompt = _PromptMap(model, rendered)

@@ -21,6 +21,7 @@ from .base import SolverConfigError, SolverUnavailable
 from .llama_cache import StateCache, Transcript
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .llama_batch import BatchDecoder
     from .llamacpp import LlamaCppSolver
 
 MODEL_ENV = "PERSONA_MODEL"
@@ -32,6 +33,8 @@ GGUF_MAGIC = b"GGUF"
 OMP_WAIT_POLICY = "PASSIVE"
 
 LlamaFactory = Callable[..., Any]
+#: set on a ``Llama`` whose context holds several sequences (``llama_batch.enable_parallel``)
+PARALLEL_ATTRIBUTE = "persona_fallback_slots"
 
 
 class LoadedModel:
@@ -51,7 +54,11 @@ class LoadedModel:
         self.books = threading.Lock()
         #: the template refuses a system message or unordered roles: merge them (llama_prompt.render)
         self.merge_roles = False
-        self.n_ctx = int(llama.n_ctx())
+        #: sequences the context holds (llama_batch.enable_parallel marks the Llama); 1: the fair lock only
+        slots = getattr(llama, PARALLEL_ATTRIBUTE, 1)
+        self.slots = slots if isinstance(slots, int) and slots > 1 else 1
+        #: cells of one conversation: what a prompt and its answer must fit in
+        self.n_ctx = int(llama.n_ctx()) // self.slots
         self._pieces: Dict[Tuple[int, bool], bytes] = {}
         metadata = getattr(llama, "metadata", {}) or {}
         # SentencePiece with add_space_prefix puts a space before every text fragment it tokenizes:
@@ -76,6 +83,12 @@ class LoadedModel:
                 and bool(llama_cpp.llama_memory_can_shift(memory))
         except (ImportError, AttributeError, TypeError, ctypes.ArgumentError):
             pass
+        #: several answers decoded together (``parallel`` > 1 and a context that holds that many)
+        self.decoder: Optional["BatchDecoder"] = None
+        if self.slots > 1 and self.lib is not None:
+            from .llama_batch import BatchDecoder
+
+            self.decoder = BatchDecoder(self, self.slots)
 
     @property
     def can_save_state(self) -> bool:

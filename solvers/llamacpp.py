@@ -40,6 +40,7 @@ from ..models.refs import is_hub_ref
 from .base import (CancelToken, ChatMessage, GenerationSettings, Solver, SolverConfigError,
                    SolverContext, SolverUnavailable, ToolDefinition, ToolPlan, request_generation,
                    request_options)
+from .llama_batch import BatchRequest, enable_parallel
 from .llama_cache import (common_prefix, drop_span, forget as forget_conversation, remember, splice,
                           switch_conversation)
 from .llama_models import (MODEL_ENV, LlamaFactory, LoadedModel, acquire_model, check_model_file,
@@ -59,9 +60,13 @@ DEFAULT_N_GPU_LAYERS = 0
 DEFAULT_CHAT_FORMAT: Optional[str] = None
 DEFAULT_STATE_CACHE_SIZE = 8
 DEFAULT_STATE_CACHE_MB = 256
+#: conversations decoded together on one model; 1 keeps one answer at a time behind the fair lock
+DEFAULT_PARALLEL = 1
 DEFAULT_VERBOSE = False
 #: prompt tokens evaluated per llama.cpp call; cancel is checked between calls
 PREFILL_CHUNK_TOKENS = 64
+#: more sequences than this only multiply the KV memory on the machines we aim at
+MAX_PARALLEL = 64
 
 
 def _int_option(config: Mapping[str, Any], key: str, default: Optional[int], *, minimum: int,
@@ -111,6 +116,9 @@ class LlamaCppSolver(Solver):
         self.n_threads = _int_option(self.config, "n_threads", DEFAULT_N_THREADS, minimum=1, optional=True)
         self.n_gpu_layers = _int_option(self.config, "n_gpu_layers", DEFAULT_N_GPU_LAYERS, minimum=-1)
         self.state_cache_size = _int_option(self.config, "state_cache_size", DEFAULT_STATE_CACHE_SIZE, minimum=0)
+        self.parallel = _int_option(self.config, "parallel", DEFAULT_PARALLEL, minimum=1)
+        if self.parallel > MAX_PARALLEL:
+            raise SolverConfigError(f"llama-cpp: parallel must be at most {MAX_PARALLEL}, got {self.parallel}")
         cache_mb = self.config.get("state_cache_mb", DEFAULT_STATE_CACHE_MB)
         if isinstance(cache_mb, bool) or not isinstance(cache_mb, (int, float)) or not 0 <= cache_mb < 2 ** 40:
             raise SolverConfigError(f"llama-cpp: state_cache_mb must be a number of MB >= 0, got {cache_mb!r}")
@@ -157,7 +165,7 @@ class LlamaCppSolver(Solver):
         path = self.model_path()
         identity = check_model_file(path)
         factory = self._factory or default_llama_factory
-        key = identity + (self.n_ctx, self.n_gpu_layers, self.n_threads, self.chat_format, factory)
+        key = identity + (self.n_ctx, self.n_gpu_layers, self.n_threads, self.chat_format, factory, self.parallel)
         current = self._model
         if current is not None and current.key == key:
             return current
@@ -174,7 +182,13 @@ class LlamaCppSolver(Solver):
             kwargs["n_threads"] = self.n_threads
         if self.chat_format is not None:
             kwargs["chat_format"] = self.chat_format
-        return load_llama(factory, path, kwargs)
+        llama = load_llama(factory, path, kwargs)
+        if self.parallel > 1:
+            reason = enable_parallel(llama, self.parallel, self.n_ctx)
+            if reason is not None:
+                LOG.warning(f"llama-cpp: parallel {self.parallel} is not available for {path}: {reason}; "
+                            f"answers on this model take turns")
+        return llama
 
     @property
     def model_ref(self) -> str:
@@ -197,6 +211,8 @@ class LlamaCppSolver(Solver):
         if model is None or not conversation_id:
             return
         forget_conversation(model, conversation_id)
+        if model.decoder is not None:
+            model.decoder.forget(conversation_id)
 
     def close(self) -> None:
         """Stop sharing the model; it is unloaded when no solver uses it."""
@@ -241,6 +257,9 @@ class LlamaCppSolver(Solver):
         if cancel.cancelled:
             return
         model = self._ensure_model()
+        if model.decoder is not None:
+            yield from self._answer_batched(model, messages, cancel, conversation_id)
+            return
         if not model.lock.acquire(cancel):
             return
         try:
@@ -259,9 +278,85 @@ class LlamaCppSolver(Solver):
             return ToolPlan()
         try:
             cancel.mark_started()
-            return plan_with_tools(self, model, messages, tools, cancel, conversation_id, required)
+            if model.decoder is not None:  # the one-sequence API below needs the context to itself
+                model.decoder.park()
+            try:
+                return plan_with_tools(self, model, messages, tools, cancel, conversation_id, required)
+            finally:
+                if model.decoder is not None:
+                    model.decoder.park()
         finally:
             model.lock.release()
+
+    def _text(self, model: LoadedModel, tokens: Iterator[int], stops: Sequence[str], max_tokens: int,
+              cancel: CancelToken, stats: Dict[str, Any], keep_specials: bool) -> Iterator[str]:
+        """Turn sampled tokens into text chunks: UTF-8 safe, stop strings held back and cut, ``max_tokens``.
+
+        ``stats`` gets ``completion_tokens`` and, unless cancelled, ``finish_reason``.
+        """
+        stops = tuple(dict.fromkeys(stops))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        text, emitted, completion = "", 0, 0
+        finish, stop_hit = "length", False
+        try:
+            for token in tokens:
+                if cancel.cancelled:
+                    break
+                if model.is_eog(token):
+                    finish = "stop"
+                    break
+                completion += 1
+                before = len(text)
+                # with tools, markers such as <tool_call> may be special tokens: keep their text
+                text += decoder.decode(model.piece(token, keep_specials))
+                if stops:
+                    window = max(0, before - max(len(s) for s in stops) + 1)
+                    hits = [i for i in (text.find(s, window) for s in stops) if i >= 0]
+                    if hits:
+                        text, finish, stop_hit = text[:min(hits)], "stop", True
+                safe = len(text) if stop_hit else len(text) - _held_back(text, stops)
+                if safe > emitted:
+                    chunk, emitted = text[emitted:safe], safe
+                    yield chunk
+                if stop_hit or cancel.cancelled or completion >= max_tokens:
+                    break
+            if cancel.cancelled:
+                return
+            stats["finish_reason"] = finish
+            if not stop_hit:
+                text += decoder.decode(b"", final=True)
+                if len(text) > emitted:
+                    yield text[emitted:]
+        finally:
+            stats["completion_tokens"] = completion
+
+    def _answer_batched(self, model: LoadedModel, messages: Sequence[ChatMessage], cancel: CancelToken,
+                        conversation_id: str) -> Iterator[str]:
+        """One answer on the model's batch decoder (``parallel`` > 1): decoded beside the others."""
+        settings = request_generation(self.generation)
+        plan = plan_prompt(model, messages, settings.max_tokens, self.chat_format)
+        stats: Dict[str, Any] = {
+            "conversation_id": conversation_id, "prompt_tokens": len(plan.rendered.tokens),
+            "prompt_tokens_evaluated": 0, "prompt_tokens_reused": 0, "completion_tokens": 0,
+            "max_tokens": plan.max_tokens, "finish_reason": "cancelled", "messages": tuple(plan.messages),
+            "dropped_messages": plan.dropped_messages, "question_truncated": plan.question_truncated,
+            "state_restored": False, "spliced": False, "shifted_out": 0, "batched": True,
+        }
+        self.last_stats = stats
+        seed = settings.seed if settings.seed is not None else random.getrandbits(32)
+        request = BatchRequest(conversation_id, plan.rendered, plan.max_tokens, settings, seed, cancel, stats,
+                               (self.state_cache_size, self.state_cache_bytes))
+        model.decoder.submit(request)
+        try:
+            yield from self._text(model, request.stream(), settings.stop + plan.rendered.stops, plan.max_tokens,
+                                  cancel, stats, False)
+        finally:
+            request.finish()  # the decoder drops it before its next step; the others go on
+            self.last_prompt_tokens_evaluated = stats["prompt_tokens_evaluated"]
+            options = request_options()
+            if options is not None:
+                options.report_usage(stats["prompt_tokens"], stats["completion_tokens"], "tokenizer",
+                                     stats["finish_reason"])
 
     def _answer(self, model: LoadedModel, messages: Sequence[ChatMessage], cancel: CancelToken,
                 conversation_id: str, tools: Optional[Sequence[dict]] = None) -> Iterator[str]:
@@ -282,9 +377,6 @@ class LlamaCppSolver(Solver):
             "shifted_out": shifted,
         }
         self.last_stats = stats
-        stops = tuple(dict.fromkeys(settings.stop + plan.rendered.stops))
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
-        text, emitted, completion = "", 0, 0
         generator = None
         try:
             reused, evaluated, complete = self._prefill(model, tokens, cancel)
@@ -300,43 +392,15 @@ class LlamaCppSolver(Solver):
                 repeat_penalty=settings.repeat_penalty,
                 # stops llama.cpp between its own steps too, so a cancel never waits for our loop
                 stopping_criteria=lambda _ids, _logits: cancel.cancelled)
-            finish, stop_hit = "length", False
-            for token in generator:
-                if cancel.cancelled:
-                    break
-                if model.is_eog(token):
-                    finish = "stop"
-                    break
-                completion += 1
-                before = len(text)
-                # with tools, markers such as <tool_call> may be special tokens: keep their text
-                text += decoder.decode(model.piece(token, tools is not None))
-                if stops:
-                    window = max(0, before - max(len(s) for s in stops) + 1)
-                    hits = [i for i in (text.find(s, window) for s in stops) if i >= 0]
-                    if hits:
-                        text, finish, stop_hit = text[:min(hits)], "stop", True
-                safe = len(text) if stop_hit else len(text) - _held_back(text, stops)
-                if safe > emitted:
-                    chunk, emitted = text[emitted:safe], safe
-                    yield chunk
-                if stop_hit or cancel.cancelled or completion >= plan.max_tokens:
-                    break
-            if cancel.cancelled:
-                return
-            stats["finish_reason"] = finish
-            if not stop_hit:
-                text += decoder.decode(b"", final=True)
-                if len(text) > emitted:
-                    yield text[emitted:]
+            yield from self._text(model, generator, settings.stop + plan.rendered.stops, plan.max_tokens,
+                                  cancel, stats, tools is not None)
         except RuntimeError as err:  # llama_decode failures: the context is in an unknown state
             model.reset()
             raise SolverUnavailable(f"llama.cpp failed while answering with {model.path}: {err}") from err
         finally:
             if generator is not None:
                 generator.close()  # no token is evaluated after this
-            stats["completion_tokens"] = completion
             options = request_options()
             if options is not None:
-                options.report_usage(len(tokens), completion, "tokenizer", stats["finish_reason"])
+                options.report_usage(len(tokens), stats["completion_tokens"], "tokenizer", stats["finish_reason"])
             remember(model, plan.rendered, tokens, conversation_id)

@@ -532,9 +532,10 @@ def test_openmp_threads_sleep_when_idle_unless_the_user_chose(tiny_gguf: Path) -
               "from ovos_skill_persona_fallback.solvers.llama_models import default_llama_factory\n"
               "assert 'llama_cpp' not in sys.modules\n"
               f"default_llama_factory(model_path={str(tiny_gguf)!r}, n_ctx=64, verbose=False)\n"
-              "print(os.environ.get('OMP_WAIT_POLICY'))\n")
-    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
-        env = {name: value for name, value in os.environ.items() if name != "OMP_WAIT_POLICY"}
+              "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))\n")
+    # passive after a short spin by default; a policy the user set is left alone, spin count included
+    for given, expected in ((None, "PASSIVE 10000"), ("ACTIVE", "ACTIVE None")):
+        env = {name: value for name, value in os.environ.items() if name not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
         if given:
             env["OMP_WAIT_POLICY"] = given
         done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)

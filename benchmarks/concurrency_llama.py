@@ -20,9 +20,14 @@ the model's own vocabulary, so both sides are counted the same way). Per round: 
 order every repetition; one untimed warm-up repetition; p50/p90 over all answers of ``--reps``.
 
 Targets (ours): p90 first sentence with 4 sessions / median first sentence alone <= 2, and
-aggregate tokens/s with 4 sessions / alone >= 2. A single model answers one question at a time
-on both sides (ours: the loaded model's fair lock; llama.cpp's one context), so the four answers
-queue and both targets are expected to be missed until a model decodes several sequences at once.
+aggregate tokens/s with 4 sessions / alone >= 2. Ours decodes the four together (``--parallel 4``,
+the default here: one context with four sequences, ``solvers/llama_batch.py``); ``--parallel 1``
+measures the old fair lock. ``llama_cpp.server`` answers one request at a time.
+
+Threads: llama.cpp decodes a single token with ``n_threads`` (llama-cpp-python's default: half the
+cores) and a batch of several with ``n_threads_batch`` (all cores), so with the default threads the
+batched rounds also use more cores than a lone answer; ``--threads`` set to the number of cores
+makes both the same, for a like-for-like comparison of the batching alone.
 """
 from __future__ import annotations
 
@@ -118,6 +123,9 @@ def one_round(calls: List[Callable[[float], Answer]]) -> Tuple[List[Answer], flo
 def main(argv: Optional[List[str]] = None) -> int:
     parser = base_parser(__doc__, reps={SMOLLM2: 5, "tiny": 20, "small": 10, "medium": 5}, size=SMOLLM2)
     parser.add_argument("--max-tokens", type=int, default=48, help="answer length cap (default 48)")
+    parser.add_argument("--parallel", type=int, default=SESSIONS,
+                        help=f"our solver's parallel option: sequences decoded together (default {SESSIONS}; "
+                             "1: one answer at a time behind the fair lock, as before)")
     parser.add_argument("--verbose", action="store_true", help="print every round's times")
     args = parser.parse_args(argv)
     reps = repetitions(args)
@@ -126,8 +134,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     with benchmark_model(args) as model:
         print(describe_model(model, args))
-        persona = llama_persona(llama_block(model, args, n_ctx=SERVER_N_CTX, max_tokens=args.max_tokens),
-                                max_turns=0)
+        persona = llama_persona(llama_block(model, args, n_ctx=SERVER_N_CTX, max_tokens=args.max_tokens,
+                                            parallel=args.parallel), max_turns=0)
         engine = llama_engine(persona)
         solver = engine_solver(engine, persona)
         engine.warm_up().join()
@@ -183,7 +191,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             engine.close()
 
     print(f"{reps} repetitions (+1 warm-up) of 4 rounds, max_tokens {args.max_tokens}, seed {args.seed}, "
-          f"{elapsed:.1f} s")
+          f"parallel {args.parallel}, n_threads {args.threads or 'default'}, {elapsed:.1f} s")
     print_table(["round", "first sentence p50 ms", "p90 ms", "answer end p90 ms", "tokens/answer",
                  "aggregate tok/s (median)"],
                 [[name, f["p50"], f["p90"], f["end90"], f["tokens"], f["rate"]]

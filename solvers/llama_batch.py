@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional, Tu
 from ovos_utils.log import LOG
 
 from .base import CancelToken, GenerationSettings, SolverUnavailable
-from .llama_cache import SavedState, Transcript, common_prefix, shift_span, splice
+from .llama_cache import SavedState, Transcript, common_prefix, shift_span, splice, state_blob
 from .llama_models import PARALLEL_ATTRIBUTE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -394,12 +394,10 @@ class BatchDecoder:
         ctx = model.llama.ctx
         max_saved, max_bytes = limits
         if transcript.conversation_id and max_saved > 0 and max_bytes > 0:
-            size = int(lib.llama_state_seq_get_size(ctx, slot.seq))
-            buffer = (ctypes.c_uint8 * size)()
-            written = int(lib.llama_state_seq_get_data(ctx, buffer, size, slot.seq))
-            if 0 < written <= size:
-                state = SavedState(transcript, ctypes.string_at(buffer, written))
-                del buffer
+            blob = state_blob(int(lib.llama_state_seq_get_size(ctx, slot.seq)),
+                              lambda buffer, size: lib.llama_state_seq_get_data(ctx, buffer, size, slot.seq))
+            if blob is not None:
+                state = SavedState(transcript, blob)
                 with model.books:
                     model.saved.put(transcript.conversation_id, state, max_entries=max_saved, max_bytes=max_bytes)
         if empty:
@@ -410,8 +408,7 @@ class BatchDecoder:
         lib, ctx = self.model.lib, self.model.llama.ctx
         blob = saved.blob
         lib.llama_memory_seq_rm(self._memory(), slot.seq, -1, -1)
-        buffer = (ctypes.c_uint8 * len(blob)).from_buffer_copy(blob)
-        if int(lib.llama_state_seq_set_data(ctx, buffer, len(blob), slot.seq)) != len(blob):
+        if int(lib.llama_state_seq_set_data(ctx, blob, len(blob), slot.seq)) != len(blob):
             lib.llama_memory_seq_rm(self._memory(), slot.seq, -1, -1)
             slot.transcript = None
             return False

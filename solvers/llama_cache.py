@@ -25,7 +25,7 @@ import ctypes
 from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple
 
 from ovos_utils.log import LOG
 
@@ -53,10 +53,26 @@ class Transcript:
 
 @dataclass
 class SavedState:
-    """A conversation's KV cache copied out of llama.cpp, with the transcript it stands for."""
+    """A conversation's KV cache copied out of llama.cpp, with the transcript it stands for.
+
+    ``blob`` is the very buffer llama.cpp wrote into, handed back to it on restore: no second copy
+    is made on either side (each would be a state's size of RAM at the moment of switching).
+    """
 
     transcript: Transcript
-    blob: bytes
+    blob: "ctypes.Array[ctypes.c_uint8]"
+
+
+def state_blob(size: int, write: "Callable[[ctypes.Array[ctypes.c_uint8], int], int]") -> Optional["ctypes.Array[ctypes.c_uint8]"]:
+    """Let llama.cpp ``write`` a state of at most ``size`` bytes into a new buffer; return what it wrote, or None."""
+    if size <= 0:
+        return None
+    buffer = (ctypes.c_uint8 * size)()
+    written = int(write(buffer, size))
+    if written <= 0 or written > size:
+        return None
+    # a view of the bytes written; it keeps the buffer alive, and copies nothing
+    return buffer if written == size else (ctypes.c_uint8 * written).from_buffer(buffer)
 
 
 class StateCache:
@@ -113,22 +129,19 @@ def save_live(model: "LoadedModel") -> Optional[SavedState]:
     if model.live is None or not model.can_save_state:
         return None
     lib, ctx = model.lib, model.llama.ctx
-    size = int(lib.llama_state_get_size(ctx))
-    buffer = (ctypes.c_uint8 * size)()
-    written = int(lib.llama_state_get_data(ctx, buffer, size))
-    if written <= 0 or written > size:
+    blob = state_blob(int(lib.llama_state_get_size(ctx)), lambda buffer, size: lib.llama_state_get_data(ctx, buffer, size))
+    if blob is None:
         return None
     live = model.live
     transcript = Transcript(live.conversation_id, list(live.tokens), live.text, live.n_text_tokens)
-    return SavedState(transcript, ctypes.string_at(buffer, written))
+    return SavedState(transcript, blob)
 
 
 def restore(model: "LoadedModel", saved: SavedState) -> bool:
     """Load a saved state into the context; return False (context reset) if llama.cpp refuses."""
     lib, llama = model.lib, model.llama
     blob = saved.blob
-    buffer = (ctypes.c_uint8 * len(blob)).from_buffer_copy(blob)
-    if int(lib.llama_state_set_data(llama.ctx, buffer, len(blob))) != len(blob):
+    if int(lib.llama_state_set_data(llama.ctx, blob, len(blob))) != len(blob):
         model.reset()
         return False
     count = len(saved.transcript.tokens)

@@ -57,7 +57,8 @@ INTERLEAVED = ("A", "B", "C")
 def run_conversations(model: Path, args: Any, names: Sequence[str], state_cache_size: int,
                       tag: str, window: Optional[int] = None) -> List[Dict[str, Any]]:
     """Talk ``args.turns`` turns in each of ``names``, interleaved; return one record per turn."""
-    block = llama_block(model, args, n_ctx=4096, max_tokens=args.max_tokens, state_cache_size=state_cache_size)
+    block = llama_block(model, args, n_ctx=4096, max_tokens=args.max_tokens, state_cache_size=state_cache_size,
+                        parallel=args.parallel)
     persona = llama_persona(block, max_turns=window or max(12, args.turns))
     engine = llama_engine(persona)
     solver = engine_solver(engine, persona)
@@ -176,6 +177,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=24, help="answer length (default 24)")
     parser.add_argument("--long", action="store_true", help="conversations longer than the memory window (issue 14)")
     parser.add_argument("--window", type=int, default=12, help="memory window in turns for --long (default 12)")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="the solver's parallel option (default 1); 2 with 3 interleaved conversations makes "
+                             "one of them leave its sequence for the state cache every turn")
     args = parser.parse_args(argv)
     args.turns = args.turns or (50 if args.long else 10)
     reps = repetitions(args)

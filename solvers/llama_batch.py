@@ -234,9 +234,13 @@ class BatchDecoder:
                 return False
         for request in admit:
             self._admit(request)
-        entries = self._fill()
-        if entries:
-            self._decode(entries)
+        entries = self._fill_answers()
+        if entries and not self._decode(entries):
+            return True
+        for slot in self.slots:
+            if slot.request is not None and slot.request.next_prompt < len(slot.request.tokens):
+                if not self._decode(self._fill_prompt(slot)):
+                    return True
         return True
 
     def _pick(self, conversation_id: str) -> Slot:
@@ -290,46 +294,46 @@ class BatchDecoder:
             "spliced": tokens is not rendered.tokens, "slot": slot.seq})
         request.events.put(("start", None))
 
-    def _fill(self) -> List[Tuple[Slot, int]]:
-        """Put one token of each answering sequence and a prompt chunk of each waiting one in the batch.
+    def _put(self, n: int, token: int, slot: Slot, logits: bool) -> None:
+        batch = self._batch
+        batch.token[n] = token
+        batch.pos[n] = len(slot.transcript.tokens)
+        batch.n_seq_id[n] = 1
+        batch.seq_id[n][0] = slot.seq
+        batch.logits[n] = logits
+        slot.transcript.tokens.append(token)
 
-        Return (slot, batch index of its logits) for the sequences that sample after this step.
-        """
-        batch, entries, n = self._batch, [], 0
-        capacity = self.model.llama.n_batch
-
-        def put(token: int, slot: Slot, logits: bool) -> None:
-            nonlocal n
-            batch.token[n] = token
-            batch.pos[n] = len(slot.transcript.tokens)
-            batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = slot.seq
-            batch.logits[n] = logits
-            slot.transcript.tokens.append(token)
-            n += 1
-
+    def _fill_answers(self) -> List[Tuple[Slot, int]]:
+        """Put the last sampled token of every answering sequence in the batch; return (slot, logits index)."""
+        entries: List[Tuple[Slot, int]] = []
         for slot in self.slots:
             request = slot.request
             if request is None or request.pending is None:
                 continue
-            put(request.pending, slot, True)
+            self._put(len(entries), request.pending, slot, True)
             request.pending = None
-            entries.append((slot, n - 1))
-        for slot in self.slots:
-            request = slot.request
-            if request is None or request.next_prompt >= len(request.tokens) or n >= capacity:
-                continue
-            end = min(len(request.tokens), request.next_prompt + PREFILL_STEP_TOKENS,
-                      request.next_prompt + capacity - n)
-            for index in range(request.next_prompt, end):
-                put(request.tokens[index], slot, index == len(request.tokens) - 1)
-            request.next_prompt = end
-            if end == len(request.tokens):
-                entries.append((slot, n - 1))
-        batch.n_tokens = n
-        return entries if n else []
+            entries.append((slot, len(entries)))
+        self._batch.n_tokens = len(entries)
+        return entries
 
-    def _decode(self, entries: List[Tuple[Slot, int]]) -> None:
+    def _fill_prompt(self, slot: Slot) -> List[Tuple[Slot, int]]:
+        """Put the next chunk of a waiting prompt in the batch, alone.
+
+        A prompt chunk is decoded in a call of its own: llama.cpp splits a batch of several
+        sequences into micro-batches with an equal share of each, which would cut this prompt at
+        other places than it is cut alone, and the numbers (so a seeded answer) would differ.
+        """
+        request = slot.request
+        end = min(len(request.tokens), request.next_prompt + PREFILL_STEP_TOKENS,
+                  request.next_prompt + self.model.llama.n_batch)
+        for n, index in enumerate(range(request.next_prompt, end)):
+            self._put(n, request.tokens[index], slot, index == len(request.tokens) - 1)
+        self._batch.n_tokens = end - request.next_prompt
+        request.next_prompt = end
+        return [(slot, self._batch.n_tokens - 1)] if end == len(request.tokens) else []
+
+    def _decode(self, entries: List[Tuple[Slot, int]]) -> bool:
+        """Decode the batch and sample where ``entries`` say; False when llama.cpp failed (all answers ended)."""
         model = self.model
         status = int(model.lib.llama_decode(model.llama.ctx, self._batch))
         if status != 0:
@@ -340,7 +344,7 @@ class BatchDecoder:
                     self._end(slot, error)
                 slot.transcript = None
             model.lib.llama_memory_clear(self._memory(), True)
-            return
+            return False
         for slot, index in entries:
             request = slot.request
             token = request.sampler.sample(model.llama._ctx, index)
@@ -355,6 +359,7 @@ class BatchDecoder:
                 self._end(slot, "length")
             else:
                 request.pending = token
+        return True
 
     def _end(self, slot: Slot, outcome: Any) -> None:
         """Take the request out of its slot; the slot's transcript keeps what its cells hold."""

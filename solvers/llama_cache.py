@@ -22,6 +22,7 @@ conversation talks alone.
 from __future__ import annotations
 
 import ctypes
+import mmap
 from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -64,10 +65,16 @@ class SavedState:
 
 
 def state_blob(size: int, write: "Callable[[ctypes.Array[ctypes.c_uint8], int], int]") -> Optional["ctypes.Array[ctypes.c_uint8]"]:
-    """Let llama.cpp ``write`` a state of at most ``size`` bytes into a new buffer; return what it wrote, or None."""
+    """Let llama.cpp ``write`` a state of at most ``size`` bytes into a new buffer; return what it wrote, or None.
+
+    The buffer is an anonymous memory map of its own, not heap memory: states are megabytes each
+    and come and go on many threads, and malloc kept the freed ones in its arenas (RSS grew by
+    40 MB a minute in ``rss_llama``); unmapping hands the pages back the moment a state is dropped.
+    """
     if size <= 0:
         return None
-    buffer = (ctypes.c_uint8 * size)()
+    pages = mmap.mmap(-1, size)
+    buffer = (ctypes.c_uint8 * size).from_buffer(pages)  # keeps the map alive; unmapped when both go
     written = int(write(buffer, size))
     if written <= 0 or written > size:
         return None

@@ -136,7 +136,11 @@ def save_live(model: "LoadedModel") -> Optional[SavedState]:
     if model.live is None or not model.can_save_state:
         return None
     lib, ctx = model.lib, model.llama.ctx
-    blob = state_blob(int(lib.llama_state_get_size(ctx)), lambda buffer, size: lib.llama_state_get_data(ctx, buffer, size))
+    # the sequence's KV cells only: the whole-context state also carries the output buffers, and
+    # saving and loading it made RSS swing by 50-90 MB per switch (rss_llama); nothing here needs
+    # restored logits, since every answer evaluates at least one prompt token
+    blob = state_blob(int(lib.llama_state_seq_get_size(ctx, 0)),
+                      lambda buffer, size: lib.llama_state_seq_get_data(ctx, buffer, size, 0))
     if blob is None:
         return None
     live = model.live
@@ -148,7 +152,8 @@ def restore(model: "LoadedModel", saved: SavedState) -> bool:
     """Load a saved state into the context; return False (context reset) if llama.cpp refuses."""
     lib, llama = model.lib, model.llama
     blob = saved.blob
-    if int(lib.llama_state_set_data(llama.ctx, blob, len(blob))) != len(blob):
+    lib.llama_memory_seq_rm(lib.llama_get_memory(llama.ctx), 0, -1, -1)
+    if int(lib.llama_state_seq_set_data(llama.ctx, blob, len(blob), 0)) != len(blob):
         model.reset()
         return False
     count = len(saved.transcript.tokens)
@@ -171,6 +176,7 @@ def switch_conversation(model: "LoadedModel", conversation_id: str, max_entries:
         return False
     if max_entries <= 0 or max_bytes <= 0 or not model.can_save_state:
         return False
+    evicted: List[str] = []
     with model.books:
         # taken out first, so that saving the leaving conversation cannot evict the one arriving
         wanted = model.saved.pop(conversation_id) if conversation_id else None
@@ -178,12 +184,15 @@ def switch_conversation(model: "LoadedModel", conversation_id: str, max_entries:
             saved = save_live(model)  # the freshest copy: a restored state left ``saved`` on load
             if saved is not None:
                 evicted = model.saved.put(live.conversation_id, saved, max_entries=max_entries, max_bytes=max_bytes)
-                if evicted:
-                    LOG.debug(f"llama-cpp: saved states dropped for {len(evicted)} conversations "
-                              f"({model.saved.bytes} bytes kept, limit {max_bytes})")
-    if wanted is None:
-        return False
-    return restore(model, wanted)
+                del saved
+    restored = wanted is not None and restore(model, wanted)
+    # ovos_utils' LOG walks the stack and leaves the frames in a reference cycle until the garbage
+    # collector runs: a state still named here would stay in memory that long (rss_llama saw +40 MB)
+    del wanted
+    if evicted:
+        LOG.debug(f"llama-cpp: saved states dropped for {len(evicted)} conversations "
+                  f"({model.saved.bytes} bytes kept, limit {max_bytes})")
+    return restored
 
 
 def forget(model: "LoadedModel", conversation_id: str) -> None:

@@ -2,10 +2,11 @@
 
 Without it a model answers one question at a time behind its fair lock, so the fourth of four
 sessions asking at once waits for three whole answers. With ``parallel: N`` the model's context
-holds N sequences (llama.cpp's ``n_seq_max``), and one decoder thread per model puts every running
-answer into each ``llama_decode`` call: one new token per answering sequence plus a chunk of a
-waiting prompt, so N answers advance in the time of about one on hardware that has the spare
-compute (a single token leaves most of a CPU's vector units idle).
+holds N sequences (llama.cpp's ``n_seq_max``), and one decoder thread per model advances every
+running answer in each step: one ``llama_decode`` call with the new token of every answering
+sequence, and a call of its own for the next chunk of each prompt still being read (see
+``_fill_prompt``), so N answers advance in much less than N times one on hardware with compute to
+spare (a single token leaves most of a CPU's vector units idle).
 
 - **Slots.** Each sequence is a slot that remembers what its KV cells hold (a ``Transcript``), so a
   conversation returning to its slot reuses its cache exactly as the one-sequence path does (context
@@ -48,7 +49,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .llama_models import LoadedModel
     from .llama_prompt import Rendered
 
-#: prompt tokens one sequence evaluates per step; the other sequences' tokens ride along
+#: prompt tokens of one sequence evaluated per step (and per call), so the answers running beside
+#: a long new prompt keep getting a token every step
 PREFILL_STEP_TOKENS = 64
 #: seconds between checks of ``cancel`` while a request waits for a slot or a token
 POLL_SECONDS = 0.05
@@ -64,7 +66,7 @@ def enable_parallel(llama: Any, slots: int, n_ctx: int) -> Optional[str]:
     try:
         model = llama.model
         if llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model):
-            return "recurrent and hybrid models keep one state per sequence that cannot be shared out"
+            return "recurrent and hybrid models cannot drop part of a sequence, which reusing a sequence needs"
         limit = int(llama_cpp.llama_max_parallel_sequences())
         if slots > limit:
             return f"this llama.cpp build decodes at most {limit} sequences at once"
@@ -158,7 +160,8 @@ class BatchDecoder:
         #: state cache limits (count, bytes) of the last request admitted, for park()
         self._limits: Tuple[int, int] = (0, 0)
         self._waiting: Deque[BatchRequest] = deque()
-        self._cond = threading.Condition()
+        #: guards the waiting line and the thread's start and end
+        self._guard = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._batch: Any = None
 
@@ -166,12 +169,11 @@ class BatchDecoder:
 
     def submit(self, request: BatchRequest) -> None:
         """Queue ``request``; it starts when a slot is free, in arrival order."""
-        with self._cond:
+        with self._guard:
             self._waiting.append(request)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="llama-batch", daemon=True)
                 self._thread.start()
-            self._cond.notify_all()
 
     def forget(self, conversation_id: str) -> None:
         """Stop calling a slot's cells by ``conversation_id`` (its saved state is the caller's to drop)."""
@@ -187,12 +189,6 @@ class BatchDecoder:
             slot.transcript = None
         self.model.lib.llama_memory_clear(self._memory(), True)
         self.model.reset()
-
-    @property
-    def busy(self) -> bool:
-        """True while requests are waiting or answering."""
-        with self._cond:
-            return bool(self._waiting) or any(s.request is not None for s in self.slots)
 
     # -- decoder thread ------------------------------------------------------------------------
 
@@ -219,7 +215,7 @@ class BatchDecoder:
 
     def _step(self) -> bool:
         """Admit, decode one batch, sample; return False (thread ended) when there is no work."""
-        with self._cond:
+        with self._guard:
             for slot in self.slots:
                 if slot.request is not None and slot.request.finished:
                     self._end(slot, None)
@@ -379,7 +375,7 @@ class BatchDecoder:
             request.events.put(("end", outcome or "cancelled"))
 
     def _fail_all(self, error: Exception) -> None:
-        with self._cond:
+        with self._guard:
             for slot in self.slots:
                 if slot.request is not None:
                     slot.request.events.put(("error", error))

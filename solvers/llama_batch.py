@@ -10,9 +10,10 @@ spare (a single token leaves most of a CPU's vector units idle).
 
 - **Slots.** Each sequence is a slot that remembers what its KV cells hold (a ``Transcript``), so a
   conversation returning to its slot reuses its cache exactly as the one-sequence path does (context
-  shift and splicing included). A new conversation takes a free slot, else the least recently used
-  idle one, whose state is first saved into the model's ``StateCache`` (per sequence, so only that
-  conversation's cells are copied).
+  shift and splicing included). A new conversation takes a free slot, else the idle one whose cells
+  share the longest prefix with its prompt (the least recently used of equals: a persona's system
+  text is shared by all its conversations), whose conversation is first saved into the model's
+  ``StateCache`` (per sequence, so only that conversation's cells are copied).
 - **Separate KV streams** (``kv_unified`` off): each sequence has its own ``n_ctx`` cells, so the
   prompt budget per conversation is the configured ``n_ctx`` and nothing is ever evicted for
   space, and a sequence's numbers do not depend on the others' cells: an answer decoded beside
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional, Tu
 from ovos_utils.log import LOG
 
 from .base import CancelToken, GenerationSettings, SolverUnavailable
-from .llama_cache import SavedState, Transcript, common_prefix, shift_span, splice, state_blob
+from .llama_cache import SavedState, Transcript, common_prefix, piece_end, reusable, shift_span, splice, state_blob
 from .llama_models import PARALLEL_ATTRIBUTE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -239,17 +240,23 @@ class BatchDecoder:
                     return True
         return True
 
-    def _pick(self, conversation_id: str) -> Slot:
+    def _pick(self, request: BatchRequest) -> Slot:
+        """The slot for ``request``: its conversation's, else an empty one, else the idle one whose
+        cells share the longest prefix with the new prompt (the least recently used of equals)."""
         idle = [s for s in self.slots if s.request is None]
+        conversation_id = request.conversation_id
         for slot in idle:
             if conversation_id and slot.transcript is not None and slot.transcript.conversation_id == conversation_id:
                 return slot
         empty = [s for s in idle if s.transcript is None or not s.transcript.tokens]
-        return empty[0] if empty else min(idle, key=lambda s: s.used)
+        if empty:
+            return empty[0]
+        prompt = request.rendered.tokens
+        return max(idle, key=lambda s: (common_prefix(s.transcript.tokens, prompt), -s.used))
 
     def _admit(self, request: BatchRequest) -> None:
         model, lib = self.model, self.model.lib
-        slot = self._pick(request.conversation_id)
+        slot = self._pick(request)
         base = slot.transcript
         restored = False
         self._limits = request.state_limits
@@ -272,7 +279,7 @@ class BatchDecoder:
         if len(tokens) + request.max_tokens > model.n_ctx:
             tokens = rendered.tokens
         held = base.tokens if base is not None else []
-        reuse = min(common_prefix(held, tokens), len(tokens) - 1)
+        reuse = reusable(common_prefix(held, tokens), len(tokens))
         if not lib.llama_memory_seq_rm(self._memory(), slot.seq, reuse, -1):
             lib.llama_memory_seq_rm(self._memory(), slot.seq, -1, -1)
             reuse = 0
@@ -320,8 +327,8 @@ class BatchDecoder:
         other places than it is cut alone, and the numbers (so a seeded answer) would differ.
         """
         request = slot.request
-        end = min(len(request.tokens), request.next_prompt + PREFILL_STEP_TOKENS,
-                  request.next_prompt + self.model.llama.n_batch)
+        end = piece_end(request.next_prompt, len(request.tokens),
+                        min(PREFILL_STEP_TOKENS, self.model.llama.n_batch))
         for n, index in enumerate(range(request.next_prompt, end)):
             self._put(n, request.tokens[index], slot, index == len(request.tokens) - 1)
         self._batch.n_tokens = end - request.next_prompt

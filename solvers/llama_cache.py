@@ -131,6 +131,25 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return count
 
 
+#: llama.cpp computes a batch of one token on another path (one-query attention) than a batch of
+#: several, and the logits differ by up to ~0.5 (SmolLM2): enough to change an answer. Any split of
+#: a prompt into pieces of two or more tokens gives the logits of one evaluation of the whole, so
+#: the last token's logits never come from a piece of its own: reuse stops two tokens short of a
+#: fully cached prompt, and no piece of a prompt is a single token.
+MIN_PIECE = 2
+
+
+def reusable(cached: int, prompt: int) -> int:
+    """How many of ``cached`` matching leading tokens to reuse for a prompt of ``prompt`` tokens."""
+    return max(0, min(cached, prompt - MIN_PIECE))
+
+
+def piece_end(start: int, end: int, size: int) -> int:
+    """Where the piece of at most ``size`` tokens from ``start`` ends, leaving no single token behind."""
+    stop = min(end, start + size)
+    return stop - 1 if end - stop == 1 and stop - start > MIN_PIECE else stop
+
+
 def save_live(model: "LoadedModel") -> Optional[SavedState]:
     """Copy the context's state (KV cache) for the live transcript."""
     if model.live is None or not model.can_save_state:

@@ -41,8 +41,8 @@ from .base import (CancelToken, ChatMessage, GenerationSettings, Solver, SolverC
                    SolverContext, SolverUnavailable, ToolDefinition, ToolPlan, request_generation,
                    request_options)
 from .llama_batch import BatchRequest, enable_parallel
-from .llama_cache import (common_prefix, drop_span, forget as forget_conversation, remember, splice,
-                          switch_conversation)
+from .llama_cache import (common_prefix, drop_span, forget as forget_conversation, piece_end, remember,
+                          reusable, splice, switch_conversation)
 from .llama_models import (MODEL_ENV, LlamaFactory, LoadedModel, acquire_model, check_model_file,
                            default_llama_factory, load_llama, loaded_models, release_model)
 from .llama_prompt import plan as plan_prompt
@@ -234,7 +234,7 @@ class LlamaCppSolver(Solver):
         if not tokens:
             raise SolverConfigError(f"chat template of {model.path} rendered an empty prompt")
         cached = list(llama.input_ids[:llama.n_tokens])
-        reuse = min(common_prefix(cached, tokens), len(tokens) - 1)
+        reuse = reusable(common_prefix(cached, tokens), len(tokens))
         if reuse < len(cached) and not model.partial_reuse_ok:
             reuse = 0
         if reuse == 0:
@@ -243,10 +243,13 @@ class LlamaCppSolver(Solver):
         # small chunks on CPU keep cancel prompt; a GPU does a whole batch in milliseconds
         size = PREFILL_CHUNK_TOKENS if self.n_gpu_layers == 0 else max(PREFILL_CHUNK_TOKENS, llama.n_batch)
         end = len(tokens) if hasattr(llama, "_requires_eval") else len(tokens) - 1
-        for start in range(reuse, end, size):
+        start = reuse
+        while start < end:
             if cancel.cancelled:
                 return reuse, start - reuse, False
-            llama.eval(tokens[start:min(start + size, end)])
+            stop = piece_end(start, end, size)
+            llama.eval(tokens[start:stop])
+            start = stop
         if cancel.cancelled:
             return reuse, end - reuse, False
         return reuse, len(tokens) - reuse, True

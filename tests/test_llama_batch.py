@@ -207,6 +207,21 @@ def test_conversations_keep_their_cache_in_a_slot_or_a_saved_state(tiny_gguf: Pa
     assert 0 < model.saved.bytes and len(model.saved) == 1
 
 
+def test_a_new_conversation_takes_the_slot_sharing_the_longest_prefix(tiny_gguf: Path) -> None:
+    solver = make_solver(tiny_gguf, n_ctx=512, max_tokens=6, parallel=2)
+    first, second = messages("hello how are you today"), messages("tell me a story about the moon")
+    ask(solver, first, conversation_id("prefix"))
+    ask(solver, second, conversation_id("prefix"))
+    slot_of_second = solver.last_stats["slot"]
+    # no slot is empty now: the same question from a new conversation goes where its prompt already is
+    ask(solver, second, conversation_id("prefix"))
+    stats = solver.last_stats
+    assert stats["slot"] == slot_of_second
+    assert stats["prompt_tokens_reused"] == stats["prompt_tokens"] - 2  # the last two are read again (MIN_PIECE)
+    ask(solver, first, conversation_id("prefix"))
+    assert solver.last_stats["slot"] != slot_of_second
+
+
 def test_a_batched_conversation_crosses_its_memory_window(tiny_gguf: Path) -> None:
     solver = make_solver(tiny_gguf, n_ctx=1024, max_tokens=6, parallel=2)
     talk = conversation_id("window")
@@ -238,8 +253,9 @@ def test_forgetting_drops_a_batched_conversations_cache(tiny_gguf: Path) -> None
     other = make_solver(tiny_gguf, n_ctx=512, max_tokens=6, parallel=2)
     talk, chat = conversation_id("forget"), messages("hello how are you today")
     ask(solver, chat, talk)
-    for n in range(2):  # two other conversations push it out of its slot into the state cache
-        ask(other, messages(f"what about the moon {n}"), conversation_id("push"))
+    ask(other, messages("what about the moon"), conversation_id("push"))  # takes the empty slot
+    # no slot left empty: one whose prompt starts like ours takes our slot, and ours goes to the state cache
+    ask(other, messages("hello how are you today my friend"), conversation_id("push"))
     model = solver.loaded_model
     assert talk in list(model.saved)
     solver.forget(talk)

@@ -307,6 +307,19 @@ def quiet_logs() -> None:
     LOG.set_level("ERROR")
 
 
+def stop_all(processes: Sequence[Any], wait: float = 10.0) -> None:
+    """Terminate every process (``subprocess.Popen``); kill one still running after ``wait`` seconds."""
+    import subprocess
+
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(wait)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def rss_mb() -> float:
     """Return this process's resident memory in MB (VmRSS of /proc/self/status)."""
     with open("/proc/self/status", encoding="ascii") as status:

@@ -39,14 +39,13 @@ from __future__ import annotations
 
 import gc
 import json
-import subprocess
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .common import (QUESTIONS, SMOLLM2, base_parser, benchmark_model, describe_model, engine_solver,
                      llama_block, llama_engine, llama_persona, median, percentile, print_ratio, print_table,
-                     quiet_logs, ratio_part, repetitions, sampling_kwargs)
+                     quiet_logs, ratio_part, repetitions, sampling_kwargs, stop_all)
 from .server_http import start_theirs
 
 SESSIONS = 4
@@ -209,11 +208,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 paired[side] = percentile([c["first"] / a["first"] for a, c in zip(alone, crowd)], 90)
                 texts_same[side] = sum(a["text"] == c["text"] for a, c in zip(alone, crowd)) / len(alone)
         finally:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_all([process], wait=15)
             engine.close()
 
     print(f"{reps} repetitions (+1 warm-up) of 4 rounds, max_tokens {args.max_tokens}, seed {args.seed}, "

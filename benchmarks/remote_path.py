@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .bus_common import add_tests_to_path, machine_note, median, ms, p90, print_table, ratio
+from .common import stop_all
 
 SYSTEM = "You are Ada."
 # greedy answers of the tiny model (weight seed 1) to these have the same first sentence under
@@ -245,11 +246,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             ours.close()
             resetter.close()
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_all([process])
 
     print(f"remote path: {args.reps} requests per contender against llama_cpp.server (tiny GGUF, "
           f"max_tokens={MAX_TOKENS}, temperature={TEMPERATURE}, top_p={TOP_P}), {elapsed:.1f} s; {machine_note()}; "

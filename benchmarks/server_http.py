@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from .common import QUESTIONS, benchmark_model, median, percentile, print_ratio, print_table, ratio_part
+from .common import (QUESTIONS, benchmark_model, median, percentile, print_ratio, print_table, ratio_part,
+                     stop_all)
 
 SYSTEM = "You are Bench, a friendly voice assistant."
 MAX_TOKENS = 48
@@ -199,12 +200,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         [[side, crowd[side][0], crowd[side][1] * 1000] for side in ("ours", "theirs")],
                         title=f"concurrent: {args.clients} streaming clients at once")
         finally:
-            for process in (ours_process, theirs_process):
-                process.terminate()
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop_all([ours_process, theirs_process], wait=15)
         met = print_ratio([
             ratio_part("first_token", figures["ours"]["first"] / figures["theirs"]["first"], "<=", 1.05),
             ratio_part("tokens_per_s", figures["ours"]["rate"] / figures["theirs"]["rate"], ">=", 0.95),

@@ -40,7 +40,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from .common import machine_load, median, percentile, positive_int, print_ratio, print_table, ratio_part
+from .common import (machine_load, median, percentile, positive_int, print_ratio, print_table, ratio_part,
+                     stop_all)
 
 ANSWER = "The moon is a rock that shines with borrowed light."
 SYSTEM = "You are Bench, a friendly voice assistant."
@@ -181,17 +182,6 @@ def start_all(folder: Path) -> Tuple[List[subprocess.Popen], Dict[str, str]]:
         stop_all(processes)
         raise
     return processes, urls
-
-
-def stop_all(processes: List[subprocess.Popen]) -> None:
-    """Terminate every process (kill after 10 s)."""
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 # -- one request ---------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from .llama_cache import (common_prefix, drop_span, forget as forget_conversatio
                           reusable, splice, switch_conversation)
 from .llama_models import (MODEL_ENV, LlamaFactory, LoadedModel, acquire_model, check_model_file,
                            default_llama_factory, load_llama, loaded_models, release_model)
-from .llama_prompt import plan as plan_prompt
+from .llama_prompt import Plan, plan as plan_prompt
 from .llama_tools import plan_with_tools
 
 #: the model path variable the llama chatbot seed reads, honoured after PERSONA_MODEL
@@ -88,6 +88,18 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
                 longest = size
                 break
     return longest
+
+
+def _seed(settings: GenerationSettings) -> int:
+    """The answer's sampling seed: the configured one, else a fresh random one."""
+    return settings.seed if settings.seed is not None else random.getrandbits(32)
+
+
+def _report_usage(stats: Mapping[str, Any]) -> None:
+    """Hand the answer's token counts to the request (the HTTP server's ``usage``), if there is one."""
+    options = request_options()
+    if options is not None:
+        options.report_usage(stats["prompt_tokens"], stats["completion_tokens"], "tokenizer", stats["finish_reason"])
 
 
 class LlamaCppSolver(Solver):
@@ -291,6 +303,18 @@ class LlamaCppSolver(Solver):
         finally:
             model.lock.release()
 
+    def _start_stats(self, conversation_id: str, plan: Plan, prompt_tokens: int, **extra: Any) -> Dict[str, Any]:
+        """The details of a new answer (``last_stats``), before anything is evaluated."""
+        stats: Dict[str, Any] = {
+            "conversation_id": conversation_id, "prompt_tokens": prompt_tokens, "prompt_tokens_evaluated": 0,
+            "prompt_tokens_reused": 0, "completion_tokens": 0, "max_tokens": plan.max_tokens,
+            "finish_reason": "cancelled", "messages": tuple(plan.messages),
+            "dropped_messages": plan.dropped_messages, "question_truncated": plan.question_truncated,
+            "state_restored": False, "spliced": False, "shifted_out": 0, **extra,
+        }
+        self.last_stats = stats
+        return stats
+
     def _text(self, model: LoadedModel, tokens: Iterator[int], stops: Sequence[str], max_tokens: int,
               cancel: CancelToken, stats: Dict[str, Any], keep_specials: bool) -> Iterator[str]:
         """Turn sampled tokens into text chunks: UTF-8 safe, stop strings held back and cut, ``max_tokens``.
@@ -338,16 +362,9 @@ class LlamaCppSolver(Solver):
         """One answer on the model's batch decoder (``parallel`` > 1): decoded beside the others."""
         settings = request_generation(self.generation)
         plan = plan_prompt(model, messages, settings.max_tokens, self.chat_format)
-        stats: Dict[str, Any] = {
-            "conversation_id": conversation_id, "prompt_tokens": len(plan.rendered.tokens),
-            "prompt_tokens_evaluated": 0, "prompt_tokens_reused": 0, "completion_tokens": 0,
-            "max_tokens": plan.max_tokens, "finish_reason": "cancelled", "messages": tuple(plan.messages),
-            "dropped_messages": plan.dropped_messages, "question_truncated": plan.question_truncated,
-            "state_restored": False, "spliced": False, "shifted_out": 0, "batched": True,
-        }
-        self.last_stats = stats
-        seed = settings.seed if settings.seed is not None else random.getrandbits(32)
-        request = BatchRequest(conversation_id, plan.rendered, plan.max_tokens, settings, seed, cancel, stats,
+        # the decoder fills in the prompt figures when it admits the request
+        stats = self._start_stats(conversation_id, plan, len(plan.rendered.tokens), batched=True)
+        request = BatchRequest(conversation_id, plan.rendered, plan.max_tokens, settings, _seed(settings), cancel, stats,
                                (self.state_cache_size, self.state_cache_bytes))
         model.decoder.submit(request)
         try:
@@ -356,10 +373,7 @@ class LlamaCppSolver(Solver):
         finally:
             request.finish()  # the decoder drops it before its next step; the others go on
             self.last_prompt_tokens_evaluated = stats["prompt_tokens_evaluated"]
-            options = request_options()
-            if options is not None:
-                options.report_usage(stats["prompt_tokens"], stats["completion_tokens"], "tokenizer",
-                                     stats["finish_reason"])
+            _report_usage(stats)
 
     def _answer(self, model: LoadedModel, messages: Sequence[ChatMessage], cancel: CancelToken,
                 conversation_id: str, tools: Optional[Sequence[dict]] = None) -> Iterator[str]:
@@ -371,15 +385,8 @@ class LlamaCppSolver(Solver):
         tokens = splice(model, plan.rendered)
         if len(tokens) + plan.max_tokens > model.n_ctx:
             tokens = plan.rendered.tokens  # a spliced prompt may be a little longer than canonical
-        stats: Dict[str, Any] = {
-            "conversation_id": conversation_id, "prompt_tokens": len(tokens), "prompt_tokens_evaluated": 0,
-            "prompt_tokens_reused": 0, "completion_tokens": 0, "max_tokens": plan.max_tokens,
-            "finish_reason": "cancelled", "messages": tuple(plan.messages),
-            "dropped_messages": plan.dropped_messages, "question_truncated": plan.question_truncated,
-            "state_restored": restored, "spliced": tokens is not plan.rendered.tokens,
-            "shifted_out": shifted,
-        }
-        self.last_stats = stats
+        stats = self._start_stats(conversation_id, plan, len(tokens), state_restored=restored,
+                                  spliced=tokens is not plan.rendered.tokens, shifted_out=shifted)
         generator = None
         try:
             reused, evaluated, complete = self._prefill(model, tokens, cancel)
@@ -388,8 +395,7 @@ class LlamaCppSolver(Solver):
             self.last_prompt_tokens_evaluated = evaluated
             if not complete:
                 return
-            seed = settings.seed if settings.seed is not None else random.getrandbits(32)
-            llama.set_seed(seed)
+            llama.set_seed(_seed(settings))
             generator = llama.generate(
                 tokens, top_k=settings.top_k, top_p=settings.top_p, temp=settings.temperature,
                 repeat_penalty=settings.repeat_penalty,
@@ -403,7 +409,5 @@ class LlamaCppSolver(Solver):
         finally:
             if generator is not None:
                 generator.close()  # no token is evaluated after this
-            options = request_options()
-            if options is not None:
-                options.report_usage(len(tokens), stats["completion_tokens"], "tokenizer", stats["finish_reason"])
+            _report_usage(stats)
             remember(model, plan.rendered, tokens, conversation_id)

@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional, Tu
 from ovos_utils.log import LOG
 
 from .base import CancelToken, GenerationSettings, SolverUnavailable
-from .llama_cache import SavedState, Transcript, common_prefix, piece_end, reusable, shift_span, splice, state_blob
+from .llama_cache import (SavedState, Transcript, common_prefix, piece_end, reusable, shift_span, splice, state_blob,
+                          transcript_of)
 from .llama_models import PARALLEL_ATTRIBUTE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -371,11 +372,9 @@ class BatchDecoder:
         if request.sampler is not None:
             request.sampler.close()
             request.sampler = None
-        held = slot.transcript.tokens if slot.transcript is not None else []
-        prompt = request.tokens
-        if slot.transcript is not None and len(held) >= len(prompt) and held[:len(prompt)] == prompt \
-                and request.rendered.text is not None:
-            slot.transcript = Transcript(request.conversation_id, held, request.rendered.text, len(prompt))
+        if slot.transcript is not None:
+            slot.transcript = transcript_of(request.conversation_id, slot.transcript.tokens, request.rendered,
+                                            request.tokens)
         if isinstance(outcome, Exception):
             request.events.put(("error", outcome))
         else:

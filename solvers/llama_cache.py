@@ -358,12 +358,15 @@ def splice(model: "LoadedModel", rendered: "Rendered", base: Optional[Transcript
     return list(base.tokens[:count]) + list(tail)
 
 
+def transcript_of(conversation_id: str, held: List[int], rendered: "Rendered", tokens: List[int]) -> Transcript:
+    """What cells holding ``held`` stand for after an answer to the prompt ``tokens`` (rendered as ``rendered``)."""
+    if len(held) >= len(tokens) and held[:len(tokens)] == tokens and rendered.text is not None:
+        return Transcript(conversation_id, held, rendered.text, len(tokens))
+    return Transcript(conversation_id, held)  # cancelled during the prompt: only the tokens are known
+
+
 def remember(model: "LoadedModel", rendered: "Rendered", tokens: List[int], conversation_id: str) -> None:
     """Record what the context now holds, for splicing and state saving on the next turn."""
     llama = model.llama
-    held = [int(t) for t in llama.input_ids[:llama.n_tokens]]
-    if len(held) >= len(tokens) and held[:len(tokens)] == tokens and rendered.text is not None:
-        model.live = Transcript(conversation_id, held, rendered.text, len(tokens))
-    else:  # cancelled during the prompt: only the tokens are known
-        model.live = Transcript(conversation_id, held)
+    model.live = transcript_of(conversation_id, [int(t) for t in llama.input_ids[:llama.n_tokens]], rendered, tokens)
 

@@ -97,5 +97,7 @@ def to_document(persona: Persona) -> Dict[str, Any]:
 def to_yaml(persona: Persona) -> str:
     """Return the persona as native YAML text."""
     origin = " ".join(f"{persona.name} from {persona.source or 'a persona'}".split())
+    # a comment line is not escaped by the YAML writer: control characters would make the file unreadable
+    origin = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in origin)
     header = f"# converted by persona-fallback: {origin}\n"
     return header + yaml.safe_dump(to_document(persona), allow_unicode=True, sort_keys=False, width=100)

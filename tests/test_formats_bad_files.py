@@ -91,6 +91,7 @@ DOCUMENTS = st.recursive(LEAVES, lambda inner: st.one_of(st.lists(inner, max_siz
 @example({"personality_conditioning": "x", "model_top_k": float("inf"), "model_n_predicts": float("nan")})
 @example({"name": "x", "handlers": ["ovos-chat-openai-plugin"], "memory": "y",
           "ovos-chat-openai-plugin": {"enable_memory": False}})
+@example({"name": "\x1b", "solvers": ["failure"]})  # a control character in convert's header comment
 def test_fuzzed_documents_of_every_format_never_raise_out_of_the_loader(data):
     ctx = ReadContext("<fuzz>", KNOWN, stem="fuzz")
     try:
